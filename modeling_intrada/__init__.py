@@ -1,0 +1,1 @@
+"""IntraDA for the Hugging Face ecosystem: models, processor, losses, ranking and metrics."""
