@@ -1,1 +1,52 @@
-"""IntraDA for the Hugging Face ecosystem: models, processor, losses, ranking and metrics."""
+"""IntraDA for the Hugging Face ecosystem: models, image processor, losses, ranking and metrics.
+
+Importing the package registers the models with the Auto classes::
+
+    import modeling_intrada  # noqa: F401
+    from transformers import AutoModelForSemanticSegmentation
+    model = AutoModelForSemanticSegmentation.from_pretrained("path/or/hub-id")
+
+Saved folders also carry the modeling code (`auto_map`), so `trust_remote_code=True` loads them in an
+interpreter that never imported this package.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+)
+
+from .configuration_deeplabv2 import DeepLabV2Config
+from .configuration_fc_discriminator import FCDiscriminatorConfig
+from .image_processing_deeplabv2 import DeepLabV2ImageProcessor
+from .modeling_deeplabv2 import DeepLabV2ForSemanticSegmentation, DeepLabV2SegmenterOutput, logits_size
+from .modeling_fc_discriminator import FCDiscriminator
+
+__version__ = "0.1.0"
+
+AutoConfig.register(DeepLabV2Config.model_type, DeepLabV2Config, exist_ok=True)
+AutoConfig.register(FCDiscriminatorConfig.model_type, FCDiscriminatorConfig, exist_ok=True)
+AutoModel.register(DeepLabV2Config, DeepLabV2ForSemanticSegmentation, exist_ok=True)
+AutoModelForSemanticSegmentation.register(DeepLabV2Config, DeepLabV2ForSemanticSegmentation, exist_ok=True)
+AutoModel.register(FCDiscriminatorConfig, FCDiscriminator, exist_ok=True)
+AutoImageProcessor.register(
+    DeepLabV2Config, image_processor_classes={"pil": DeepLabV2ImageProcessor}, exist_ok=True
+)
+
+# Saved folders get the code and an `auto_map`, for `trust_remote_code=True` without this package.
+DeepLabV2Config.register_for_auto_class()
+DeepLabV2ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+DeepLabV2ImageProcessor.register_for_auto_class("AutoImageProcessor")
+FCDiscriminatorConfig.register_for_auto_class()
+FCDiscriminator.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "DeepLabV2Config",
+    "DeepLabV2ForSemanticSegmentation",
+    "DeepLabV2ImageProcessor",
+    "DeepLabV2SegmenterOutput",
+    "FCDiscriminator",
+    "FCDiscriminatorConfig",
+    "logits_size",
+]

@@ -88,7 +88,9 @@ def label_to_array(label: Image.Image | np.ndarray) -> np.ndarray:
     """A label map as an int64 HxW array (255 = ignore)."""
     array = np.asarray(label)
     if array.ndim != 2:
-        raise ValueError(f"expected a single-channel label map of shape (height, width), got shape {array.shape}")
+        raise ValueError(
+            f"expected a single-channel label map of shape (height, width), got shape {array.shape}"
+        )
     return array.astype(np.int64)
 
 
