@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -27,7 +28,7 @@ class FCDiscriminator(PreTrainedModel):
         super().__init__(config)
         channels = [config.num_channels] + [config.ndf * 2**i for i in range(4)]
         layers: list[nn.Module] = []
-        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
+        for in_channels, out_channels in itertools.pairwise(channels):
             layers += [
                 nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1),
                 nn.LeakyReLU(config.negative_slope, inplace=True),
