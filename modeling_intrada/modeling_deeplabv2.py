@@ -351,4 +351,6 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
 
         state_dict, skipped = backbone_state_dict_from(source, self)
         self.backbone.load_state_dict(state_dict, strict=True)
+        for tensor in self.backbone.state_dict(keep_vars=True).values():
+            tensor._is_hf_initialized = True  # so no later `init_weights` call can overwrite them
         return skipped
