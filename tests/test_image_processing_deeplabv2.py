@@ -63,7 +63,7 @@ def test_bad_inputs(image):
         DeepLabV2ImageProcessor(normalization="zscore")
     with pytest.raises(ValueError, match="RGB"):
         processor(np.zeros((10, 10, 4), dtype=np.uint8))
-    with pytest.raises(ValueError, match="0..255"):
+    with pytest.raises(ValueError, match=r"0\.\.255"):
         processor(image, segmentation_maps=np.full((40, 60), 300))
     with pytest.raises(ValueError, match="segmentation maps"):
         processor([image, image], segmentation_maps=[np.zeros((40, 60))])
