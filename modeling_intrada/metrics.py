@@ -31,6 +31,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -488,6 +489,25 @@ def _sum_over_processes(tensor: torch.Tensor, accelerator: Any) -> torch.Tensor:
     if _distributed_world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
+
+
+def evaluate_module_path() -> str:
+    """The absolute path of the `evaluate` module shipped in the repository (`metrics/intrada_mean_iou`).
+
+    `evaluate.load` reads a relative path from the working directory and otherwise looks it up on the
+    Hub, so `evaluate.load(evaluate_module_path())` is the form that works from any directory, offline.
+
+    Raises:
+        FileNotFoundError: If the package was installed without the repository beside it (the
+            module folder is not part of the wheel): clone the repository and install it editable.
+    """
+    path = Path(__file__).resolve().parents[1] / "metrics" / "intrada_mean_iou"
+    if not (path / "intrada_mean_iou.py").is_file():
+        raise FileNotFoundError(
+            f"The evaluate module folder {path} is absent: it ships with the repository, not the package; "
+            f"clone the repository and `pip install -e .` it"
+        )
+    return str(path)
 
 
 def _format_percent(value: float, digits: int) -> str:
