@@ -441,6 +441,8 @@ def build_synthetic_dataset(
     config = SyntheticConfig(seed, num_source, num_target_train, num_target_val, height, width)
     output_dir = Path(output_dir)
     wanted = _params(config)
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()  # an empty folder (e.g. made by the caller) holds nothing to protect
     if output_dir.exists():
         existing = _existing_params(output_dir)
         if existing == wanted:
