@@ -154,12 +154,17 @@ def _extended_counts(
         return codes.index_select(0, shifted.sub_(low).flatten())
 
     index = code(references, reference_codes).add_(code(predictions, prediction_codes))
-    if index.device.type == "cpu":
-        return torch.bincount(index, minlength=size * size)
+    return _count(index, size * size, fixed_size=index.device.type != "cpu")
+
+
+def _count(index: torch.Tensor, length: int, fixed_size: bool) -> torch.Tensor:
+    """How many times each value 0..length-1 occurs in `index` (int64 counts)."""
+    if not fixed_size:
+        return torch.bincount(index, minlength=length)
     # torch.bincount sizes its output from the input's maximum, which off the CPU costs a
     # device-to-host copy per call; scatter_add_ into a fixed-size vector does not.
     index = index.long()
-    counts = torch.zeros(size * size, dtype=torch.int64, device=index.device)
+    counts = torch.zeros(length, dtype=torch.int64, device=index.device)
     return counts.scatter_add_(0, index, torch.ones_like(index))
 
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from modeling_intrada.metrics import (
     MeanIoU,
     Protocol,
     SegmentationScores,
+    _count,  # private: the counting step, to test its off-CPU path on CPU values
     confusion_matrix,
     evaluate_module_path,
     get_protocol,
@@ -174,6 +176,14 @@ def test_accumulated_matrix_equals_numpy_bincount(dtype):
     assert_close(scores.per_class_iou, ious)
     assert_close(scores.mean_iou, np.nanmean(ious))
     assert_close(scores.pixel_accuracy, np.trace(expected) / expected.sum())
+
+
+def test_fixed_size_counting_used_off_the_cpu_equals_bincount():
+    # Off the CPU the counts go through scatter_add_ (no host copy); check that path on CPU values.
+    index = torch.from_numpy(np.random.default_rng(0).integers(0, 441, 10_000)).int()
+    np.testing.assert_array_equal(
+        _count(index, 441, fixed_size=True).numpy(), _count(index, 441, fixed_size=False).numpy()
+    )
 
 
 def test_one_shot_confusion_matrix_accepts_numpy_and_lists():
@@ -420,7 +430,6 @@ def test_markdown_table_like_table_1():
 
 @pytest.fixture(scope="module")
 def evaluate_lib():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return pytest.importorskip("evaluate")
 
 
@@ -478,11 +487,14 @@ def _distributed_worker(rank: int, world_size: int, port: int, batches: list, ou
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
     )  # fmt: skip
-    from accelerate import Accelerator
+    from accelerate import Accelerator, InitProcessGroupKwargs
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the forked child may inherit the parent's
-    accelerator = Accelerator(cpu=True)
+    # A short timeout: a broken rendezvous fails the test instead of hanging it for 30 minutes.
+    accelerator = Accelerator(
+        cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))]
+    )
     assert accelerator.num_processes == world_size
     metric, idle = MeanIoU(19), MeanIoU(19)
     for predictions, references in batches[rank::world_size]:
