@@ -206,6 +206,7 @@ def parse_arguments(
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of option: value, got {type(values).__name__}")
+        values.pop("task", None)  # `task: segmentation` is this program's own; `digits` is dispatched earlier
         unknown = sorted(set(values) - _known_fields())
         if unknown:
             raise ValueError(f"{path}: unknown options {unknown}; see `run_intrada.py --help`")

@@ -418,8 +418,28 @@ def _save_predictions(run: Run, dataset: EvaluationSplit, predictions, folder: P
         Image.fromarray(panel).save(folder / f"{index:04d}.png")
 
 
+def config_task(argv: Sequence[str]) -> str:
+    """`segmentation` or `digits`, from the `task:` key of the --config file (default: segmentation)."""
+    for i, value in enumerate(argv):
+        path = (
+            argv[i + 1]
+            if value == "--config" and i + 1 < len(argv)
+            else value[9:]
+            if value.startswith("--config=")
+            else None
+        )
+        if path and Path(path).is_file():
+            return (yaml.safe_load(Path(path).read_text()) or {}).get("task", "segmentation")
+    return "segmentation"
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO if os.environ.get("INTRADA_VERBOSE") else logging.WARNING)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if config_task(argv) == "digits":
+        from digits_pipeline import main as digits_main  # the same stage loop and ranking, on classifiers
+
+        return digits_main(argv)
     model_args, data_args, args = parse_arguments(argv)
     run = Run(model_args, data_args, args)
     run.output_dir.mkdir(parents=True, exist_ok=True)
