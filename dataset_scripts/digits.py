@@ -172,6 +172,7 @@ def make_row(item: tuple[str, int], dataset: str, data_dir: Path) -> tuple[dict,
 def list_plans(dataset: str, data_dir: Path, include_extra: bool = False) -> list[SplitPlan]:
     """One plan per split; the raw arrays are read (and checked) here, once."""
     require_dir(data_dir, f"the raw {dataset} files")
+    load_split.cache_clear()  # read the files as they are now, not as an earlier build saw them
     splits = ["train", "test"] + (["extra"] if include_extra and dataset == "svhn" else [])
     row_maker = functools.partial(make_row, dataset=dataset, data_dir=data_dir)
     plans = []
