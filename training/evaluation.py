@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from modeling_intrada.data import load_split
 from modeling_intrada.losses import entropy_map, upsample_logits
@@ -91,6 +92,15 @@ def sharded_batches(
     return iter(loader)
 
 
+def _progress_bar(batches, dataset, batch_size: int, world: int, rank: int, accelerator, label: str | None):
+    """`batches` wrapped in a tqdm bar on the local main process when `label` is given."""
+    if label is None:
+        return batches
+    num_batches = len(range(rank, -(-len(dataset) // batch_size), world))
+    main = accelerator.is_local_main_process if accelerator is not None else True
+    return tqdm(batches, total=num_batches, desc=label, unit="batch", disable=not main)
+
+
 def _autocast_dtype(mixed_precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
@@ -108,30 +118,46 @@ def evaluate_segmentation(
     mixed_precision: str = "no",
     num_workers: int = 0,
     keep_predictions: int = 0,
+    progress: str | None = None,
+    metric: MeanIoU | None = None,
 ) -> tuple[SegmentationScores, list[tuple[int, np.ndarray]]]:
-    """mIoU of `model` on `dataset`; also the first `keep_predictions` predictions (index, map) of this process."""
+    """mIoU of `model` on `dataset`, and the predictions (index, map) of rows 0..keep_predictions-1.
+
+    Each process keeps the predictions of those first rows that it evaluated (with several processes
+    they are spread over the processes: batch b runs on process b mod W). `progress` is the label of a
+    progress bar over this process's batches, shown on the local main process only (None: no bar).
+    `metric`: an empty `MeanIoU(num_labels)` to accumulate into, to score the same counts afterwards
+    under other protocols (`metric.confusion_matrix(accelerator)`, on every process).
+    """
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     model.eval()
-    metric = MeanIoU(num_labels)
+    metric = MeanIoU(num_labels) if metric is None else metric
     kept: list[tuple[int, np.ndarray]] = []
     dtype = _autocast_dtype(mixed_precision)
-    for batch in sharded_batches(dataset, batch_size, rank, world, num_workers):
+    batches = sharded_batches(dataset, batch_size, rank, world, num_workers)
+    for batch in _progress_bar(batches, dataset, batch_size, world, rank, accelerator, progress):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         for j, labels in enumerate(batch["labels"]):
             labels = labels.to(device)
             prediction = upsample_logits(logits[j : j + 1].float(), tuple(labels.shape)).argmax(dim=1)[0]
             metric.update(prediction, labels)
-            if len(kept) < keep_predictions:
+            if batch["index"][j] < keep_predictions:
                 kept.append((batch["index"][j], prediction.to(torch.uint8).cpu().numpy()))
     return metric.compute(protocol=protocol, id2label=id2label, accelerator=accelerator), kept
 
 
 @torch.inference_mode()
 def mean_entropy(
-    model: torch.nn.Module, dataset: torch.utils.data.Dataset, *, accelerator=None, batch_size: int = 1
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    *,
+    accelerator=None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: str | None = None,
 ) -> float:
     """Mean normalised prediction entropy over `dataset` (label-free snapshot selection)."""
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
@@ -139,7 +165,8 @@ def mean_entropy(
     world = accelerator.num_processes if accelerator is not None else 1
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in sharded_batches(dataset, batch_size, rank, world):
+    batches = sharded_batches(dataset, batch_size, rank, world, num_workers)
+    for batch in _progress_bar(batches, dataset, batch_size, world, rank, accelerator, progress):
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         values = entropy_map(logits).flatten(1).mean(dim=1)
         total += torch.stack([values.sum().double(), torch.tensor(float(len(values)), device=device)])
