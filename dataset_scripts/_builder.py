@@ -336,6 +336,42 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> Path:
     return staging
 
 
+def _write_plans(
+    staging: Path, plans: Sequence[SplitPlan], num_proc: int, max_shard_bytes: int
+) -> tuple[dict[str, dict[str, int]], dict[tuple[str, str], dict[str, list[str]]]]:
+    """Write every plan's shards (in parallel when asked); return rows per config/split and events."""
+    jobs = []
+    for plan_index, plan in enumerate(plans):
+        shards = _cut_shards(plan, max_shard_bytes)
+        for shard_index, items in enumerate(shards):
+            path = staging / shard_file_name(plan.config, plan.split, shard_index, len(shards))
+            jobs.append((plan_index, path, items, plan.features, plan.make_row))
+    counts = [0] * len(plans)
+    events: dict[tuple[str, str], dict[str, list[str]]] = {(p.config, p.split): {} for p in plans}
+
+    def collect(result: tuple[int, int, dict[str, list[str]]]) -> None:
+        plan_index, count, shard_events = result
+        counts[plan_index] += count
+        split_events = events[plans[plan_index].config, plans[plan_index].split]
+        for name, ids in shard_events.items():
+            split_events.setdefault(name, []).extend(ids)
+
+    if num_proc == 1 or len(jobs) == 1:
+        for job in jobs:
+            collect(_write_shard(job))
+    else:
+        with multiprocessing.get_context().Pool(min(num_proc, len(jobs))) as pool:
+            for result in pool.imap_unordered(_write_shard, jobs):
+                collect(result)
+    for split_events in events.values():
+        for ids in split_events.values():
+            ids.sort()  # shards finish in any order; the card should not
+    splits: dict[str, dict[str, int]] = {}
+    for plan, count in zip(plans, counts):
+        splits.setdefault(plan.config, {})[plan.split] = count
+    return splits, events
+
+
 def build_dataset(
     output_dir: Path,
     plans: Sequence[SplitPlan],
@@ -360,38 +396,14 @@ def build_dataset(
         raise ValueError(f"--num_proc must be at least 1, got {num_proc}")
     output_dir = Path(output_dir)
     staging = _prepare_output(output_dir, overwrite)
-    jobs = []
-    for plan_index, plan in enumerate(plans):
-        shards = _cut_shards(plan, max_shard_size_mb * 2**20)
-        for shard_index, items in enumerate(shards):
-            path = staging / shard_file_name(plan.config, plan.split, shard_index, len(shards))
-            jobs.append((plan_index, path, items, plan.features, plan.make_row))
-    counts = [0] * len(plans)
-    events: dict[tuple[str, str], dict[str, list[str]]] = {(p.config, p.split): {} for p in plans}
-
-    def collect(result: tuple[int, int, dict[str, list[str]]]) -> None:
-        plan_index, count, shard_events = result
-        counts[plan_index] += count
-        split_events = events[plans[plan_index].config, plans[plan_index].split]
-        for name, ids in shard_events.items():
-            split_events.setdefault(name, []).extend(ids)
-
-    if num_proc == 1 or len(jobs) == 1:
-        for job in jobs:
-            collect(_write_shard(job))
-    else:
-        with multiprocessing.get_context().Pool(min(num_proc, len(jobs))) as pool:
-            for result in pool.imap_unordered(_write_shard, jobs):
-                collect(result)
-    for split_events in events.values():
-        for ids in split_events.values():
-            ids.sort()
-    splits: dict[str, dict[str, int]] = {}
-    for plan, count in zip(plans, counts):
-        splits.setdefault(plan.config, {})[plan.split] = count
-    result = BuildResult(output_dir, splits, events)
-    write_label_space(staging, label_space, label_space_extra)
-    write_dataset_card(staging, make_card(result))
+    try:
+        splits, events = _write_plans(staging, plans, num_proc, max_shard_size_mb * 2**20)
+        result = BuildResult(output_dir, splits, events)
+        write_label_space(staging, label_space, label_space_extra)
+        write_dataset_card(staging, make_card(result))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # leave nothing half-built behind
+        raise
     if output_dir.exists():
         shutil.rmtree(output_dir)
     staging.rename(output_dir)

@@ -124,17 +124,21 @@ def write_parquet_file(path: str | Path, rows: Iterable[Mapping], features: data
     count = 0
     batch: list[dict] = []
     batch_bytes = 0
-    with pq.ParquetWriter(temporary, schema) as writer:
-        for row in rows:
-            encoded = features.encode_example(dict(row))
-            batch.append(encoded)
-            batch_bytes += _row_bytes(encoded)
-            count += 1
-            if len(batch) >= ROW_GROUP_MAX_ROWS or batch_bytes >= ROW_GROUP_MAX_BYTES:
+    try:
+        with pq.ParquetWriter(temporary, schema) as writer:
+            for row in rows:
+                encoded = features.encode_example(dict(row))
+                batch.append(encoded)
+                batch_bytes += _row_bytes(encoded)
+                count += 1
+                if len(batch) >= ROW_GROUP_MAX_ROWS or batch_bytes >= ROW_GROUP_MAX_BYTES:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch, batch_bytes = [], 0
+            if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch, batch_bytes = [], 0
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     if count == 0:
         temporary.unlink()
         raise ValueError(f"no rows to write to {path}: the split is empty")

@@ -214,7 +214,7 @@ def test_gta5_bad_inputs(tmp_path):
         _builder.BuildError, match=r"labels/00002\.png: label is 18x12 but its image .* is 16x10"
     ):
         build(strict, "--on_size_mismatch", "error")
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*/*.parquet"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.incomplete").exists()
 
 
 def test_output_folder_protection_and_shards(tmp_path):
