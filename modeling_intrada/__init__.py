@@ -46,7 +46,30 @@ __all__ = [
     "DeepLabV2ForSemanticSegmentation",
     "DeepLabV2ImageProcessor",
     "DeepLabV2SegmenterOutput",
+    "DigitClassifier",
+    "DigitClassifierConfig",
+    "DigitClassifierOutput",
     "FCDiscriminator",
     "FCDiscriminatorConfig",
+    "FeatureDiscriminator",
+    "FeatureDiscriminatorConfig",
     "logits_size",
 ]
+
+# The digits experiments (paper section 4.3): the classifier G and its feature-level discriminator.
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from .configuration_digit_classifier import DigitClassifierConfig  # noqa: E402
+from .configuration_feature_discriminator import FeatureDiscriminatorConfig  # noqa: E402
+from .modeling_digit_classifier import DigitClassifier, DigitClassifierOutput  # noqa: E402
+from .modeling_feature_discriminator import FeatureDiscriminator  # noqa: E402
+
+AutoConfig.register(DigitClassifierConfig.model_type, DigitClassifierConfig, exist_ok=True)
+AutoConfig.register(FeatureDiscriminatorConfig.model_type, FeatureDiscriminatorConfig, exist_ok=True)
+AutoModel.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
+AutoModelForImageClassification.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
+AutoModel.register(FeatureDiscriminatorConfig, FeatureDiscriminator, exist_ok=True)
+DigitClassifierConfig.register_for_auto_class()
+DigitClassifier.register_for_auto_class("AutoModelForImageClassification")
+FeatureDiscriminatorConfig.register_for_auto_class()
+FeatureDiscriminator.register_for_auto_class("AutoModel")

@@ -135,3 +135,55 @@ def discriminator_input(output: LevelOutput, framework: str) -> torch.Tensor:
             raise ValueError("the 'feature' framework needs a generator that returns features")
         return output.features.float()
     raise ValueError(f"framework {framework!r} has no discriminator")
+
+
+@dataclass
+class ClassificationTask:
+    """A digit classifier in the stage loop (SPEC 8): one level, cross-entropy, and what D sees.
+
+    With `framework="feature"` (ADDA-like, the feature-level part of CyCADA) the discriminator judges the
+    classifier's `features`; `advent` and `adaptsegnet` give it the weighted self-information or the softmax
+    of the (batch, C) logits instead, and `minent` / `source_only` work as for segmentation.
+
+    Args:
+        framework: one of `FRAMEWORKS`; `feature` for the paper's digits experiments.
+        adv_weight: weight of the adversarial (or MinEnt) term in G's loss.
+        supervised_weight: weight of the cross-entropy on the source (stage 3: the pseudo labels).
+    """
+
+    framework: str = "feature"
+    adv_weight: float = 1.0
+    supervised_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_framework(self.framework)
+
+    @property
+    def level_names(self) -> list[str]:
+        """A classifier has one output level."""
+        return ["main"]
+
+    def forward(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> list[LevelOutput]:
+        """Run the classifier: logits (batch, C) and its feature vectors."""
+        output = model(pixel_values=pixel_values)
+        features = getattr(output, "features", None)
+        if self.framework == "feature" and features is None:
+            raise ValueError("the 'feature' framework needs a classifier whose output has `features`")
+        return [LevelOutput(output.logits, features)]
+
+    def supervised_loss(self, outputs: Sequence[LevelOutput], labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the class scores against integer labels (batch,)."""
+        if labels.dim() != 1:
+            raise ValueError(f"class labels must have shape (batch,), got {tuple(labels.shape)}")
+        return self.supervised_weight * F.cross_entropy(outputs[0].logits.float(), labels.long())
+
+    def discriminator_input(self, output: LevelOutput) -> torch.Tensor:
+        """The vector a discriminator sees, in float32: features, or a function of the logits."""
+        return discriminator_input(output, self.framework)
+
+    def minent_loss(self, outputs: Sequence[LevelOutput]) -> torch.Tensor:
+        """MinEnt on classifier outputs: the weighted mean normalised entropy."""
+        return self.adv_weight * entropy_loss(outputs[0].logits)
+
+    def adversarial_weights(self) -> list[float]:
+        return [self.adv_weight]
