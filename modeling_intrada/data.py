@@ -11,6 +11,7 @@ columns; a `README.md` card whose YAML header lists the configurations; and `lab
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -322,6 +323,8 @@ def load_split(
         FileNotFoundError: a local-looking `source` does not exist.
     """
     local = _local_path(source)
+    if local is not None and not streaming:
+        cache_dir = local_cache_dir(local, cache_dir)
     return datasets.load_dataset(
         str(local if local is not None else source),
         config,
@@ -330,6 +333,23 @@ def load_split(
         cache_dir=str(cache_dir) if cache_dir is not None else None,
         revision=revision,
     )
+
+
+def local_cache_dir(folder: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """An Arrow cache folder of its own for one local dataset folder, keyed by its path and files.
+
+    `datasets` keys the cache of a local folder by the folder's name and its card's `configs`, not by its
+    path or content: two different folders both named e.g. `ranking` would read each other's cached
+    rows. Keying by the resolved path and every file's size and modification time avoids that, and a
+    rewritten folder gets a fresh cache.
+    """
+    folder = Path(folder).resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "intrada_local"
+    return root / digest.hexdigest()[:20]
 
 
 def _read_metadata_file(source: str | Path, filename: str, revision: str | None) -> dict:

@@ -492,6 +492,8 @@ def load_ranking(source: str | Path, revision: str | None = None) -> RankingSpli
     """Read a ranking-splits artifact from a local folder or a Hub dataset id."""
     import datasets
 
+    from .data import local_cache_dir
+
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "README.md").is_file() or not (path / "data").is_dir():
@@ -500,7 +502,7 @@ def load_ranking(source: str | Path, revision: str | None = None) -> RankingSpli
             )
         summary_path = path / RANKING_FILE
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        table = datasets.load_dataset(str(path), split="train")
+        table = datasets.load_dataset(str(path), split="train", cache_dir=str(local_cache_dir(path)))
     else:
         from huggingface_hub import hf_hub_download
 
