@@ -1,0 +1,192 @@
+"""The digits pipeline (training/digits_pipeline.py): ranking on a classifier, the task in the loop, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from digits_fixtures import build, raw_mnist, raw_svhn, raw_usps
+from digits_pipeline import main as digits_main
+from digits_pipeline import parse_digits_arguments
+from run_intrada import main as run_intrada_main
+
+from modeling_intrada import DigitClassifier, DigitClassifierConfig
+from modeling_intrada.adaptation import ClassificationTask, LevelOutput
+from modeling_intrada.losses import weighted_self_information
+from modeling_intrada.ranking import load_ranking, rank_by_entropy, save_ranking
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+TINY = [
+    "--source_num_iterations", "4",
+    "--num_iterations", "4",
+    "--intra_num_iterations", "4",
+    "--batch_size", "8",
+    "--eval_batch_size", "16",
+    "--log_steps", "2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def datasets_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("digits_pipeline")
+    counts = {"train": 40, "test": 20}
+    build("mnist", raw_mnist(root / "raw_mnist", counts), root / "mnist")
+    build("usps", raw_usps(root / "raw_usps", counts), root / "usps")
+    raw_svhn(root / "raw_svhn", counts)
+    build("svhn", root / "raw_svhn", root / "svhn")
+    return root
+
+
+class LookupClassifier(torch.nn.Module):
+    """Returns fixed logits per image: row i of `table` for the image whose first pixel is i."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[pixel_values[:, 0, 0, 0].long()])
+
+
+def test_ranking_on_a_classifier_gives_the_expected_split(tmp_path):
+    # Ten images whose logits get less and less peaked: image i has confidence 10 - i on class (3 * i) % 10.
+    table = torch.zeros(10, 10)
+    for i in range(10):
+        table[i, (3 * i) % 10] = 10.0 - i
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))  # images in a shuffled order
+    batches = [
+        {
+            "pixel_values": order[s : s + 4].float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2),
+            "id": [f"img{int(i)}" for i in order[s : s + 4]],
+            "index": [int(i) for i in order[s : s + 4]],
+        }
+        for s in range(0, 10, 4)
+    ]
+    result = rank_by_entropy(
+        LookupClassifier(table), batches, lambda_easy=0.8, predict=lambda m, x: m(x).logits, device="cpu"
+    )
+    # R = mean self-information over classes: ascending = most confident first.
+    assert result.ids == [f"img{i}" for i in range(10)]
+    expected_scores = weighted_self_information(table).mean(dim=1)
+    assert np.allclose(result.scores, expected_scores.numpy(), atol=1e-6)
+    assert result.splits == ["easy"] * 8 + ["hard"] * 2  # int(10 * 0.8)
+    assert result.pseudo_labels == [(3 * i) % 10 for i in range(8)] + [None, None]
+    assert all(type(label) is int for label in result.pseudo_labels[:8])
+
+    save_ranking(result, tmp_path / "ranking")
+    ranking = load_ranking(tmp_path / "ranking")
+    assert ranking.easy_ids == [f"img{i}" for i in range(8)] and ranking.hard_ids == ["img8", "img9"]
+    assert ranking.pseudo_label("img4") == 2
+    assert str(ranking.table.features["pseudo_label"].dtype) == "int64"
+
+
+def test_classification_task():
+    model = DigitClassifier(DigitClassifierConfig()).eval()
+    task = ClassificationTask(framework="feature", adv_weight=0.3)
+    (output,) = task.forward(model, torch.randn(4, 1, 28, 28))
+    assert task.level_names == ["main"] and task.adversarial_weights() == [0.3]
+    assert task.discriminator_input(output).shape == (4, 500)
+    advent = ClassificationTask(framework="advent").discriminator_input(output)
+    assert advent.shape == (4, 10) and torch.allclose(advent, weighted_self_information(output.logits))
+    loss = task.supervised_loss([output], torch.tensor([1, 2, 3, 4]))
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 2, 3, 4])))
+    assert task.minent_loss([output]).ndim == 0
+    with pytest.raises(ValueError, match=r"shape \(batch,\)"):
+        task.supervised_loss([output], torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="features"):
+        task.discriminator_input(LevelOutput(output.logits))
+
+
+def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "--config", str(CONFIGS / "digits_mnist_to_usps.yaml"),
+        "--source_dataset", str(datasets_dir / "mnist"),
+        "--target_dataset", str(datasets_dir / "usps"),
+        "--output_dir", str(out),
+        *TINY,
+    ]  # fmt: skip
+    results = run_intrada_main(argv)  # `task: digits` is dispatched to the digits pipeline
+    assert set(results) == {
+        "source only",
+        "inter-domain only (G_inter, feature-level CyCADA)",
+        "IntraDA (G_intra, feature-level CyCADA)",
+    }
+    for stage in ("source", "inter", "intra"):
+        assert (out / stage / "model" / "config.json").is_file() and (
+            out / stage / "DONE"
+        ).read_text() == "4\n"
+    assert not (out / "source" / "discriminators").exists()
+    assert (out / "inter" / "discriminators" / "main" / "config.json").is_file()
+    summary = json.loads((out / "ranking" / "ranking.json").read_text())
+    assert (summary["num_easy"], summary["num_hard"]) == (32, 8)  # int(40 * 0.8)
+    assert 0 <= summary["target_label_check"]["easy_accuracy"] <= 100
+    ranking = load_ranking(out / "ranking")
+    assert all(0 <= ranking.pseudo_label(i) <= 9 for i in ranking.easy_ids)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert "(test, 20 images)" in metrics["target_test"]
+    for row in metrics["models"].values():
+        assert 0 <= row["target_accuracy"] <= 100 and 0 <= row["source_accuracy"] <= 100
+    assert "| source only |" in (out / "eval" / "results.md").read_text()
+
+    # config.yaml holds every option and runs again: here the evaluation alone.
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["task"] == "digits" and saved["lambda_easy"] == 0.8 and saved["num_iterations"] == 4
+    again = digits_main(["--config", str(out / "config.yaml"), "--stage", "eval"])
+    assert again == results
+
+
+def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path):
+    out = tmp_path / "svhn"
+    argv = [
+        "--config", str(CONFIGS / "digits_svhn_to_mnist.yaml"),
+        "--source_dataset", str(datasets_dir / "svhn"),
+        "--target_dataset", str(datasets_dir / "mnist"),
+        "--output_dir", str(out),
+        "--lambda_easy", "0.5",
+        *TINY,
+    ]  # fmt: skip
+    results = digits_main(argv)
+    assert len(results) == 3
+    model = DigitClassifier.from_pretrained(out / "intra" / "model")
+    assert model.config.architecture == "dtn" and model.config.num_channels == 3
+    summary = json.loads((out / "ranking" / "ranking.json").read_text())
+    assert (summary["num_easy"], summary["num_hard"]) == (20, 20)
+
+
+def test_shipped_configs():
+    expected = {
+        "digits_mnist_to_usps.yaml": ("lenet", "mnist", "usps"),
+        "digits_usps_to_mnist.yaml": ("lenet", "usps", "mnist"),
+        "digits_svhn_to_mnist.yaml": ("dtn", "svhn", "mnist"),
+    }
+    for name, (architecture, source, target) in expected.items():
+        model_args, data_args, args = parse_digits_arguments(["--config", str(CONFIGS / name)])
+        assert model_args.architecture == architecture
+        assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
+        assert args.framework == "feature" and args.lambda_easy == 0.8
+        assert "feature-level CyCADA" in (CONFIGS / name).read_text()
+
+
+def test_option_errors(tmp_path, datasets_dir):
+    config = tmp_path / "bad.yaml"
+    config.write_text("task: digits\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown options \['learning_rat'\]"):
+        parse_digits_arguments(["--config", str(config)])
+    config.write_text("task: segmentation\n")
+    with pytest.raises(ValueError, match="task is 'segmentation'"):
+        parse_digits_arguments(["--config", str(config)])
+    base = ["--config", str(CONFIGS / "digits_mnist_to_usps.yaml")]
+    with pytest.raises(ValueError, match="lambda_easy"):
+        parse_digits_arguments([*base, "--lambda_easy", "1.5"])
+    with pytest.raises(ValueError, match="intra_init"):
+        parse_digits_arguments([*base, "--intra_init", "imagenet"])
+    with pytest.raises(ValueError, match="source_num_iterations is 0"):
+        parse_digits_arguments([*base, "--source_num_iterations", "0"])
+    with pytest.raises(FileNotFoundError, match="run --stage source first"):
+        digits_main([*base, "--stage", "inter", "--output_dir", str(tmp_path / "empty"), *TINY[:2]])

@@ -1,0 +1,153 @@
+"""Digits splits in memory, at the classifier's input size (SPEC section 8).
+
+A digits dataset is the folder (or Hub id) that `dataset_scripts/digits.py` writes: `image` (PNG), `label`
+(ClassLabel 0..9) and `id`. A whole split is decoded once into a uint8 tensor at the network's input size:
+decoding PNGs at every step would dominate a CPU run, and MNIST's 60,000 digits take 47 MB this way.
+
+Bringing each dataset to the classifier's input (the conventions of ADDA/CyCADA-style digits experiments):
+
+- size: images whose side differs from `image_size` are resized with PIL's **bilinear** filter: the common
+  PyTorch loaders of ADDA/CyCADA-style digits experiments apply `torchvision.transforms.Resize(28)` to PIL
+  images, whose default is bilinear. USPS (16x16) becomes 28x28 for the LeNet variant and MNIST (28x28)
+  becomes 32x32 for the DTN. The whole frame is resized (no padding): USPS digits fill their 16x16 frame
+  while MNIST digits sit in a 20x20 box inside 28x28, and that difference of scale is part of the domain
+  shift the adaptation must close. The result is rounded back to uint8, as a PIL resize does (at most
+  0.5/255 off).
+- channels: grey images are replicated to RGB for a 3-channel network (MNIST for the DTN); RGB images are
+  converted to grey with PIL's ITU-R 601 luma for a 1-channel network.
+- values: `pixel_values = (x / 255 - 0.5) / 0.5`, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modeling_intrada.data import load_split
+
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+REQUIRED_COLUMNS = ("image", "label", "id")
+
+
+def to_network_input(images: Sequence[Image.Image], image_size: int, num_channels: int) -> torch.Tensor:
+    """uint8 tensor (N, num_channels, image_size, image_size) of `images`, resized bilinearly (module doc)."""
+    if num_channels not in (1, 3):
+        raise ValueError(f"digit classifiers take 1 or 3 channels, got num_channels={num_channels}")
+    mode = "L" if num_channels == 1 else "RGB"
+    out = np.empty((len(images), image_size, image_size, num_channels), dtype=np.uint8)
+    for i, image in enumerate(images):
+        image = image.convert(mode) if image.mode != mode else image
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(image).reshape(image_size, image_size, num_channels)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def pixel_values(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 in [-1, 1]: `(x / 255 - IMAGE_MEAN) / IMAGE_STD`."""
+    return (images.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
+
+
+class DigitsSplit(torch.utils.data.Dataset):
+    """Digits in memory: rows `{"pixel_values", "labels" (when labelled), "id", "index"}`.
+
+    Args:
+        images: uint8 (N, C, H, W) at the network's input size.
+        labels: int64 (N,) or None for an unlabelled view (the target's training images).
+        ids: the dataset ids of the rows.
+        name: what the split is, for messages and cards.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, ids: Sequence[str], name: str = ""):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(ids) != len(images) or (labels is not None and len(labels) != len(images)):
+            raise ValueError(
+                f"{name}: {len(images)} images, {len(ids)} ids and "
+                f"{'no' if labels is None else len(labels)} labels do not match"
+            )
+        self.images, self.labels, self.ids, self.name = images, labels, list(ids), name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"pixel_values": pixel_values(self.images[index]), "id": self.ids[index], "index": int(index)}
+        if self.labels is not None:
+            item["labels"] = int(self.labels[index])
+        return item
+
+    def without_labels(self) -> DigitsSplit:
+        """The same images with no labels (what the target's training split is during adaptation)."""
+        return DigitsSplit(self.images, None, self.ids, self.name)
+
+    def subset(self, rows: Sequence[int], labels: Sequence[int] | None = None, name: str = "") -> DigitsSplit:
+        """Rows `rows` (re-indexed from 0), with `labels` (e.g. pseudo labels) or none."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        new_labels = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
+        return DigitsSplit(self.images[index], new_labels, [self.ids[i] for i in index.tolist()], name)
+
+    def image(self, index: int) -> Image.Image:
+        """Row `index` as a PIL image at the network's input size (for pictures)."""
+        array = self.images[int(index)].permute(1, 2, 0).numpy()
+        return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(source: str, split: str, image_size: int, num_channels: int, max_samples: int | None):
+    dataset = load_split(source, None, split)
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{source} ({split}) has no column(s) {missing}; expected a digits dataset written by "
+            "dataset_scripts/digits.py (image, label, id)"
+        )
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    import datasets
+
+    # Decode the PNG bytes here, once, rather than through `datasets`' per-row image decoding.
+    raw = dataset.cast_column("image", datasets.Image(decode=False))
+    images = [Image.open(io.BytesIO(row["bytes"])) for row in raw["image"]]
+    tensor = to_network_input(images, image_size, num_channels)
+    labels = torch.as_tensor(np.asarray(dataset["label"], dtype=np.int64))
+    return tensor, labels, list(dataset["id"])
+
+
+def load_digits(
+    source: str | Path,
+    split: str,
+    image_size: int,
+    num_channels: int,
+    *,
+    with_labels: bool = True,
+    max_samples: int | None = None,
+) -> DigitsSplit:
+    """One split of a built digits dataset at the network's input size (cached per process).
+
+    Args:
+        source: the folder written by `dataset_scripts/digits.py`, or a Hub dataset id.
+        split: `train` or `test`.
+        image_size, num_channels: the classifier's input (its config's `image_size`, `num_channels`).
+        with_labels: False for the target's training images, whose labels must never reach training.
+        max_samples: keep the first N rows (quick runs and tests).
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+    path = Path(source).expanduser()
+    if not path.exists() and str(source).startswith((".", "/", "~", "data")):
+        raise FileNotFoundError(
+            f"digits dataset {path} does not exist; build it first, e.g. `python dataset_scripts/digits.py "
+            f"--dataset mnist --data_dir RAW/mnist --output_dir {path}`"
+        )
+    images, labels, ids = _decoded(str(source), split, int(image_size), int(num_channels), max_samples)
+    if len(images) == 0:
+        raise ValueError(f"{source} ({split}) is empty")
+    return DigitsSplit(images, labels if with_labels else None, ids, name=f"{source} ({split})")
