@@ -1,0 +1,183 @@
+"""Multi-seed digits study: source only, inter-domain only and IntraDA, mean +- std next to the paper's Table 4.
+
+For every setting and seed it runs the digits pipeline once (`training/run_intrada.py --config
+training/configs/digits_<setting>.yaml --seed S`): that one run trains the source-only classifier, G_inter
+(feature-level CyCADA) and G_intra (IntraDA), and its evaluation reports all three on the target test set.
+It then writes a markdown table (mean +- sample standard deviation over the seeds, the per-seed values and
+each run's wall time) between the markers of `docs/digits.md`, and `study.json` in the output folder.
+
+    python benchmarks/digits_study.py --settings mnist_to_usps usps_to_mnist --seeds 1 2 3
+
+Datasets missing under `--data_dir` are built first from `--raw_dir` with `dataset_scripts/digits.py`. Runs
+whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them). Extra options after
+`--` go to every pipeline run, e.g. `-- --num_threads 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- digits-study:begin -->", "<!-- digits-study:end -->"
+SETTINGS = {
+    "mnist_to_usps": ("mnist", "usps", "MNIST→USPS"),
+    "usps_to_mnist": ("usps", "mnist", "USPS→MNIST"),
+    "svhn_to_mnist": ("svhn", "mnist", "SVHN→MNIST"),
+}
+# Table 4 of the paper: accuracy %, mean and std.
+PAPER = {
+    "source only": {"mnist_to_usps": (82.2, 0.8), "usps_to_mnist": (69.6, 3.8), "svhn_to_mnist": (67.1, 0.6)},
+    "ADDA": {"mnist_to_usps": (89.4, 0.2), "usps_to_mnist": (90.1, 0.8), "svhn_to_mnist": (76.0, 1.8)},
+    "CyCADA": {"mnist_to_usps": (95.6, 0.2), "usps_to_mnist": (96.5, 0.1), "svhn_to_mnist": (90.4, 0.4)},
+    "IntraDA": {"mnist_to_usps": (95.8, 0.1), "usps_to_mnist": (97.8, 0.1), "svhn_to_mnist": (95.1, 0.3)},
+}
+# Our rows (eval stage names, by the stage that trained them) and the paper row each is compared with.
+ROWS = (
+    ("source", "source only", "source only"),
+    ("inter", "inter-domain only: feature-level CyCADA (G_inter)", "CyCADA"),
+    ("intra", "IntraDA (G_intra)", "IntraDA"),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--settings", nargs="+", default=["mnist_to_usps", "usps_to_mnist"], choices=SETTINGS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--raw_dir", type=Path, default=ROOT.parent / "shared" / "data", help="raw downloads")
+    parser.add_argument("--data_dir", type=Path, default=ROOT / "data" / "digits", help="built datasets")
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "digits-study")
+    parser.add_argument(
+        "--docs", type=Path, default=ROOT / "docs" / "digits.md", help="file with the markers"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="re-run seeds that already have results")
+    args = parser.parse_args(argv)
+    if len(args.seeds) < 2:
+        parser.error("a standard deviation needs at least two seeds")
+    return args, extra
+
+
+def ensure_dataset(name: str, raw_dir: Path, data_dir: Path) -> Path:
+    """The built dataset folder `data_dir/name`, built from `raw_dir/name` when missing."""
+    built = data_dir / name
+    if (built / "README.md").is_file():
+        return built
+    raw = raw_dir / name
+    if not raw.is_dir():
+        raise FileNotFoundError(
+            f"{built} is not built and the raw files {raw} are missing (see docs/digits.md)"
+        )
+    command = [sys.executable, str(ROOT / "dataset_scripts" / "digits.py"), "--dataset", name]
+    subprocess.run([*command, "--data_dir", str(raw), "--output_dir", str(built)], check=True)
+    return built
+
+
+def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+    """One pipeline run (all stages) for `setting` and `seed`; returns its metrics and wall time."""
+    source, target, _ = SETTINGS[setting]
+    out = args.output_dir / setting / f"seed_{seed}"
+    metrics_file, time_file = out / "eval" / "metrics.json", out / "wall_time_s.txt"
+    command = [
+        sys.executable, str(ROOT / "training" / "run_intrada.py"),
+        "--config", str(ROOT / "training" / "configs" / f"digits_{setting}.yaml"),
+        "--source_dataset", str(args.data_dir / source),
+        "--target_dataset", str(args.data_dir / target),
+        "--output_dir", str(out),
+        "--seed", str(seed),
+        *extra,
+    ]  # fmt: skip
+    if args.overwrite or not metrics_file.is_file():
+        print(f"[digits study] {setting} seed {seed}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        time_file.write_text(f"{time.perf_counter() - start:.1f}\n")
+    metrics = json.loads(metrics_file.read_text())
+    by_stage = {row["stage"]: row["target_accuracy"] for row in metrics["models"].values()}
+    wall = float(time_file.read_text()) if time_file.is_file() else float("nan")
+    return {"seed": seed, "accuracy": by_stage, "wall_time_s": wall, "command": " ".join(command)}
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def markdown(study: dict, settings: list[str], argv: list[str]) -> str:
+    """The table of the study (ours vs paper per setting), the per-seed values, how it was made."""
+    header = (
+        "| method | " + " | ".join(f"{SETTINGS[s][2]} ours | {SETTINGS[s][2]} paper" for s in settings) + " |"
+    )
+    lines = [header, "|---|" + "---:|---:|" * len(settings)]
+    for stage, name, paper_row in ROWS:
+        cells = []
+        for setting in settings:
+            values = [run["accuracy"][stage] for run in study[setting]]
+            paper_mean, paper_std = PAPER[paper_row][setting]
+            cells.append(f"{mean_std(values)} | {paper_mean} ± {paper_std} ({paper_row})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per seed (target test accuracy %, source only / G_inter / G_intra; wall time of the run):",
+        "",
+    ]
+    for setting in settings:
+        for run in study[setting]:
+            a = run["accuracy"]
+            lines.append(
+                f"- {SETTINGS[setting][2]}, seed {run['seed']}: {a['source']:.2f} / {a['inter']:.2f} / "
+                f"{a['intra']:.2f} ({run['wall_time_s'] / 60:.1f} min)"
+            )
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    lines += [
+        "",
+        f"Produced by `python benchmarks/digits_study.py {' '.join(argv)}` on {machine}, "
+        f"{time.strftime('%Y-%m-%d')}. Mean ± sample standard deviation over {len(study[settings[0]])} seeds; "
+        "last iterate of every stage, no selection on test labels. The paper's middle row is CyCADA with its "
+        "pixel-level part; ours is the feature-level part only.",
+    ]
+    return "\n".join(lines)
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between BEGIN and END in `path` with `text`."""
+    content = path.read_text()
+    if BEGIN not in content or END not in content:
+        raise ValueError(f"{path} lacks the markers {BEGIN} ... {END} that delimit the study table")
+    before, rest = content.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    path.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parse_args(argv)
+    args.data_dir, args.output_dir = args.data_dir.resolve(), args.output_dir.resolve()
+    for setting in args.settings:
+        for name in SETTINGS[setting][:2]:
+            ensure_dataset(name, args.raw_dir, args.data_dir)
+    study = {
+        setting: [run_seed(setting, seed, args, extra) for seed in args.seeds] for setting in args.settings
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "study.json").write_text(json.dumps(study, indent=2) + "\n")
+    table = markdown(study, args.settings, argv)
+    write_between_markers(args.docs, table)
+    print(table)
+    return study
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""benchmarks/digits_study.py: the table it writes into the docs, from the runs' metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import digits_study
+
+
+def fake_run(root: Path, setting: str, seed: int, accuracies: tuple[float, float, float]) -> None:
+    out = root / setting / f"seed_{seed}"
+    (out / "eval").mkdir(parents=True)
+    models = {
+        name: {"stage": stage, "target_accuracy": value, "source_accuracy": 99.0}
+        for (stage, name, _), value in zip(digits_study.ROWS, accuracies)
+    }
+    (out / "eval" / "metrics.json").write_text(json.dumps({"models": models}))
+    (out / "wall_time_s.txt").write_text("300.0\n")
+
+
+def test_study_reads_runs_and_writes_the_table(tmp_path, monkeypatch):
+    outputs = tmp_path / "outputs"
+    for seed, values in ((1, (70.0, 90.0, 95.0)), (2, (72.0, 92.0, 97.0))):
+        fake_run(outputs, "mnist_to_usps", seed, values)
+    docs = tmp_path / "digits.md"
+    docs.write_text(f"# Digits\n\nbefore\n{digits_study.BEGIN}\nold table\n{digits_study.END}\nafter\n")
+    for name in ("mnist", "usps"):  # built datasets: nothing to build
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "README.md").write_text("built")
+    monkeypatch.setattr(digits_study.subprocess, "run", lambda *a, **k: pytest.fail("must not re-run"))
+    argv = ["--settings", "mnist_to_usps", "--seeds", "1", "2"]
+    argv += ["--data_dir", str(tmp_path / "data"), "--output_dir", str(outputs), "--docs", str(docs)]
+    study = digits_study.main(argv)
+    assert [run["accuracy"]["intra"] for run in study["mnist_to_usps"]] == [95.0, 97.0]
+    text = docs.read_text()
+    assert text.startswith("# Digits\n\nbefore\n") and text.endswith(f"{digits_study.END}\nafter\n")
+    assert "old table" not in text
+    # mean ± sample std of (70, 72) = 71.0 ± 1.4; the paper's numbers beside ours
+    assert "| source only | 71.0 ± 1.4 | 82.2 ± 0.8 (source only) |" in text
+    assert "| IntraDA (G_intra) | 96.0 ± 1.4 | 95.8 ± 0.1 (IntraDA) |" in text
+    assert "seed 2: 72.00 / 92.00 / 97.00 (5.0 min)" in text
+    assert json.loads((outputs / "study.json").read_text())["mnist_to_usps"][0]["seed"] == 1
+
+
+def test_study_errors(tmp_path):
+    docs = tmp_path / "digits.md"
+    docs.write_text("no markers\n")
+    with pytest.raises(ValueError, match="lacks the markers"):
+        digits_study.write_between_markers(docs, "table")
+    with pytest.raises(FileNotFoundError, match="raw files"):
+        digits_study.ensure_dataset("usps", tmp_path / "raw", tmp_path / "data")
+    with pytest.raises(SystemExit):
+        digits_study.parse_args(["--seeds", "1"])
