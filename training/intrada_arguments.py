@@ -103,6 +103,10 @@ class DataArguments:
         default=None, metadata={"help": "evaluate on the first N validation images"}
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the embedded synthetic dataset"})
+    synthetic_num_images: list[int] = field(
+        default_factory=lambda: [400, 200, 100],
+        metadata={"help": "synthetic source / target-train / target-val image counts"},
+    )
     synthetic_dir: str | None = field(
         default=None,
         metadata={"help": "where the synthetic dataset is built (default: ~/.cache/intrada_hf/...)"},

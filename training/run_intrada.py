@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,13 +90,22 @@ class Run:
                 default_synthetic_dir,
             )
 
-            config = SyntheticConfig(seed=self.data_args.synthetic_seed)
-            folder = (
-                Path(self.data_args.synthetic_dir)
-                if self.data_args.synthetic_dir
-                else default_synthetic_dir(config)
-            )
-            self.synthetic_dir = build_synthetic_dataset(folder, seed=config.seed)
+            counts = self.data_args.synthetic_num_images
+            if len(counts) != 3:
+                raise ValueError(
+                    f"--synthetic_num_images takes SOURCE TARGET_TRAIN TARGET_VAL counts, got {counts}"
+                )
+            config = SyntheticConfig(self.data_args.synthetic_seed, *counts)
+            given = self.data_args.synthetic_dir
+            folder = Path(given) if given else default_synthetic_dir(config)
+            with PartialState().main_process_first():  # one process builds, the others then reuse it
+                self.synthetic_dir = build_synthetic_dataset(
+                    folder,
+                    seed=config.seed,
+                    num_source=counts[0],
+                    num_target_train=counts[1],
+                    num_target_val=counts[2],
+                )
         return str(self.synthetic_dir)
 
     def _label_space(self) -> LabelSpace:

@@ -1,0 +1,116 @@
+"""The program end to end on the embedded synthetic default, at a reduced size, and its option checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import run_intrada
+import yaml
+from intrada_arguments import parse_arguments
+from transformers import AutoModelForSemanticSegmentation
+
+from modeling_intrada import FCDiscriminator
+
+SMALL = [
+    "--backbone", "timm:mobilenetv3_small_050",
+    "--source_size", "48", "96",
+    "--target_size", "48", "96",
+    "--synthetic_num_images", "48", "40", "12",
+    "--num_iterations", "30",
+    "--max_iters", "30",
+    "--batch_size", "4",
+    "--num_workers", "0",
+    "--eval_batch_size", "12",
+    "--log_steps", "10",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    argv = [*SMALL, "--output_dir", str(root / "out"), "--synthetic_dir", str(root / "synthetic")]
+    results = run_intrada.main(argv)
+    return root / "out", results
+
+
+def test_default_pipeline_runs_end_to_end(finished_run):
+    out, results = finished_run
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["backbone"] == "timm:mobilenetv3_small_050" and config["num_iterations"] == 30
+    assert config["framework"] == "advent" and config["lambda_easy"] == 0.67  # from the default YAML
+    for stage in ("inter", "intra"):
+        model = AutoModelForSemanticSegmentation.from_pretrained(out / stage / "model")
+        assert model.config.num_labels == 19 and model.config.id2label[0] == "road"
+        for level in ("aux", "main"):
+            assert isinstance(
+                FCDiscriminator.from_pretrained(out / stage / "discriminators" / level), FCDiscriminator
+            )
+        assert (out / stage / "DONE").read_text().strip() == "30"
+    assert (out / "ranking" / "ranking.png").is_file()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics) == set(results) and len(metrics) == 2
+    for scores in metrics.values():
+        assert 0.0 < scores["mean_iou"] <= 1.0
+    assert "mIoU" in (out / "eval" / "results.md").read_text()
+    assert len(list((out / "eval" / "predictions").rglob("*.png"))) == 8
+
+
+def test_ranking_finds_the_hard_images(finished_run):
+    out, _ = finished_run
+    summary = json.loads((out / "ranking" / "ranking.json").read_text())
+    assert summary["num_easy"] == int(40 * 0.67) and summary["num_hard"] == 40 - int(40 * 0.67)
+    condition = summary["mean_condition"]
+    assert condition["easy"] < condition["hard"]
+
+
+def test_target_training_labels_never_reach_training(tmp_path, monkeypatch):
+    # The synthetic target validation split HAS labels: used as the training target, they must be dropped.
+    seen = {}
+
+    class Capture(Exception):
+        pass
+
+    def capture(self, *args, **kwargs):
+        seen["target"] = kwargs["target"][0]
+        raise Capture
+
+    monkeypatch.setattr(run_intrada.AdaptationStage, "__init__", capture)
+    argv = [
+        *SMALL, "--output_dir", str(tmp_path / "out"), "--synthetic_dir", str(tmp_path / "synthetic"),
+        "--target_config", "target_val", "--target_split", "validation", "--stage", "inter",
+    ]  # fmt: skip
+    with pytest.raises(Capture):
+        run_intrada.main(argv)
+    target = seen["target"]
+    assert "label" not in target.dataset.column_names and not target.with_labels
+    assert "labels" not in target[0]
+
+
+@pytest.mark.parametrize(
+    "argv, error, message",
+    [
+        (["--lambda_easy", "1.5"], ValueError, r"\(0, 1\]"),
+        (["--framework", "fda"], ValueError, "unknown framework"),
+        (["--stage", "train"], ValueError, "--stage"),
+        (["--target_size", "64"], ValueError, "HEIGHT WIDTH"),
+        (["--config", "missing.yaml"], FileNotFoundError, "no such file"),
+        (["--no_such_option", "1"], ValueError, "no_such_option"),
+    ],
+)
+def test_bad_options_are_refused(argv, error, message):
+    with pytest.raises(error, match=message):
+        parse_arguments(argv)
+
+
+def test_unknown_yaml_option_is_refused(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("backbone: resnet101\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        parse_arguments(["--config", str(config)])
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    argv = [*SMALL, "--source_dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_intrada.main(argv)

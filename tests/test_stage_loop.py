@@ -1,0 +1,251 @@
+"""The stage loop against a hand-written SPEC section 3, the poly schedule, and kill-and-resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from stage_loop import AdaptationStage, StageSettings
+from torch import nn
+
+from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
+from modeling_intrada.adaptation import SegmentationTask, poly_learning_rate
+from modeling_intrada.modeling_deeplabv2 import DeepLabV2SegmenterOutput
+
+NUM_CLASSES = 3
+
+
+class TinySegmenter(nn.Module):
+    """A two-level segmenter small enough to check every gradient (stride-2 logits, aux + main heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.aux = nn.Conv2d(8, NUM_CLASSES, 1)
+        self.main = nn.Conv2d(8, NUM_CLASSES, 3, padding=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> DeepLabV2SegmenterOutput:
+        features = torch.relu(self.body(pixel_values))
+        return DeepLabV2SegmenterOutput(logits=self.main(features), aux_logits=self.aux(features))
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, count: int, seed: int, labelled: bool) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(count, 3, 32, 32, generator=generator)
+        self.labels = (
+            torch.randint(0, NUM_CLASSES, (count, 32, 32), generator=generator) if labelled else None
+        )
+        if labelled:
+            self.labels[:, :4] = 255
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"pixel_values": self.images[index], "id": f"row{index}", "index": index}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def discriminators(seed: int = 0) -> list[FCDiscriminator]:
+    torch.manual_seed(seed)
+    return [FCDiscriminator(FCDiscriminatorConfig(num_channels=NUM_CLASSES, ndf=4)) for _ in range(2)]
+
+
+def make_stage(tmp_path, settings: StageSettings, generator=None, ds=None, source=None, target=None):
+    torch.manual_seed(0)
+    generator = generator if generator is not None else TinySegmenter()
+    return AdaptationStage(
+        Accelerator(cpu=True, gradient_accumulation_steps=settings.gradient_accumulation_steps),
+        SegmentationTask(framework=settings.framework),
+        generator,
+        ds if ds is not None else discriminators(),
+        source=(source or Rows(6, 1, True), 2),
+        target=(target or Rows(5, 2, False), 2),
+        settings=settings,
+        output_dir=tmp_path,
+    )
+
+
+def by_hand(generator, d_aux, d_main, source, target):
+    """SPEC 3 written out: returns the losses and every gradient."""
+    c = NUM_CLASSES
+
+    def up(logits, size):
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+    def wsi(logits):
+        p = F.softmax(logits, dim=1)
+        return -p * torch.log2(p + 1e-30) / math.log2(c)
+
+    def bce(logits, label):
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
+
+    for p in list(d_aux.parameters()) + list(d_main.parameters()):
+        p.requires_grad_(False)
+    out = generator(source["pixel_values"])
+    size = source["pixel_values"].shape[-2:]
+    s_aux, s_main = up(out.aux_logits, size), up(out.logits, size)
+    loss_seg = F.cross_entropy(s_main, source["labels"], ignore_index=255) + 0.1 * F.cross_entropy(
+        s_aux, source["labels"], ignore_index=255
+    )
+    loss_seg.backward()
+    out = generator(target["pixel_values"])
+    t_aux, t_main = up(out.aux_logits, size), up(out.logits, size)
+    loss_adv = 0.001 * bce(d_main(wsi(t_main)), 0.0) + 0.0002 * bce(
+        d_aux(wsi(t_aux)), 0.0
+    )  # target -> "source"
+    loss_adv.backward()
+    for p in list(d_aux.parameters()) + list(d_main.parameters()):
+        p.requires_grad_(True)
+    loss_d_source = bce(d_aux(wsi(s_aux.detach())), 0.0) / 2 + bce(d_main(wsi(s_main.detach())), 0.0) / 2
+    loss_d_source.backward()
+    loss_d_target = bce(d_aux(wsi(t_aux.detach())), 1.0) / 2 + bce(d_main(wsi(t_main.detach())), 1.0) / 2
+    loss_d_target.backward()
+    return {
+        "loss_seg": loss_seg,
+        "loss_adv": loss_adv,
+        "loss_d_source": loss_d_source,
+        "loss_d_target": loss_d_target,
+    }
+
+
+def test_one_iteration_equals_spec_section_3_by_hand(tmp_path):
+    stage = make_stage(tmp_path, StageSettings(num_iterations=1, max_iters=10))
+    generator_ref = copy.deepcopy(stage.generator)
+    d_aux_ref, d_main_ref = (copy.deepcopy(d) for d in stage.discriminators)
+    source = {k: v for k, v in Rows(6, 1, True)[0].items()}
+    source = {"pixel_values": source["pixel_values"][None], "labels": source["labels"][None]}
+    target = {"pixel_values": Rows(5, 2, False)[0]["pixel_values"][None]}
+
+    losses = stage.adversarial_iteration(source, target)
+    expected = by_hand(generator_ref, d_aux_ref, d_main_ref, source, target)
+
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-6, atol=1e-7)
+    models = [(stage.generator, generator_ref), *zip(stage.discriminators, (d_aux_ref, d_main_ref))]
+    for ours, reference in models:
+        for (name, p), (_, q) in zip(ours.named_parameters(), reference.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8, msg=f"gradient of {name}")
+
+
+def test_optimizer_step_sgd_then_adam_with_poly_lr(tmp_path):
+    settings = StageSettings(num_iterations=1, max_iters=4, learning_rate=0.1, disc_learning_rate=0.01)
+    stage = make_stage(tmp_path, settings)
+    stage.set_learning_rates(2)
+    lr = 0.1 * (1 - 2 / 4) ** 0.9
+    assert stage.generator_optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert stage.generator_optimizer.param_groups[0]["momentum"] == 0.9
+    assert stage.generator_optimizer.param_groups[0]["weight_decay"] == 5e-4
+    adam = stage.discriminator_optimizers[0]
+    assert adam.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**0.9) and adam.param_groups[0]["betas"] == (
+        0.9,
+        0.99,
+    )
+    before = {n: p.detach().clone() for n, p in stage.generator.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in stage.generator.named_parameters()}
+    for n, p in stage.generator.named_parameters():
+        p.grad = grads[n].clone()
+    for d in stage.discriminators:
+        for p in d.parameters():
+            p.grad = torch.ones_like(p)
+    stage.optimizer_step()
+    for n, p in stage.generator.named_parameters():  # first SGD step: p - lr * (g + wd * p)
+        torch.testing.assert_close(p.detach(), before[n] - lr * (grads[n] + 5e-4 * before[n]))
+    assert all(p.grad is None for p in stage.generator.parameters())  # zeroed after the step
+
+
+def test_poly_schedule_values():
+    assert poly_learning_rate(2.5e-4, 0, 250_000) == 2.5e-4
+    assert poly_learning_rate(2.5e-4, 120_000, 250_000) == pytest.approx(2.5e-4 * (130_000 / 250_000) ** 0.9)
+    assert poly_learning_rate(1e-4, 250_000, 250_000) == 0.0
+    with pytest.raises(ValueError, match="max_iters"):
+        poly_learning_rate(1.0, 0, 0)
+
+
+def test_heads_get_ten_times_the_learning_rate(tmp_path):
+    from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
+
+    generator = DeepLabV2ForSemanticSegmentation(
+        DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=NUM_CLASSES)
+    )
+    stage = make_stage(tmp_path, StageSettings(num_iterations=1, max_iters=100), generator=generator)
+    stage.set_learning_rates(50)
+    backbone, heads = stage.generator_optimizer.param_groups
+    assert heads["lr"] == pytest.approx(10 * backbone["lr"]) and backbone["lr"] == pytest.approx(
+        2.5e-4 * 0.5**0.9
+    )
+
+
+@pytest.mark.parametrize("framework", ["advent", "adaptsegnet", "minent", "source_only"])
+def test_frameworks_run_and_differ_only_in_what_the_discriminator_sees(tmp_path, framework):
+    stage = make_stage(
+        tmp_path, StageSettings(framework=framework, num_iterations=2, max_iters=10, log_steps=1)
+    )
+    result = stage.run()
+    assert result.iterations == 2
+    expected = {
+        "advent": {"loss_seg", "loss_adv", "loss_d_source", "loss_d_target"},
+        "adaptsegnet": {"loss_seg", "loss_adv", "loss_d_source", "loss_d_target"},
+        "minent": {"loss_seg", "loss_ent"},
+        "source_only": {"loss_seg"},
+    }[framework]
+    assert {k for k in result.last_losses if k.startswith("loss")} == expected
+    assert len(stage.discriminators) == (2 if framework in ("advent", "adaptsegnet") else 0)
+
+
+def test_adversarial_only_ablation_has_no_segmentation_loss(tmp_path):
+    stage = make_stage(
+        tmp_path, StageSettings(segmentation_loss=False, num_iterations=1, max_iters=10, log_steps=1)
+    )
+    assert "loss_seg" not in stage.run().last_losses
+    with pytest.raises(ValueError, match="trains nothing"):
+        StageSettings(framework="source_only", segmentation_loss=False)
+
+
+def final_weights(stage: AdaptationStage) -> dict[str, torch.Tensor]:
+    weights = {f"g.{k}": v.clone() for k, v in stage.generator.state_dict().items()}
+    for i, d in enumerate(stage.discriminators):
+        weights.update({f"d{i}.{k}": v.clone() for k, v in d.state_dict().items()})
+    return weights
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_kill_and_resume_gives_identical_weights(tmp_path, accumulation):
+    settings = dict(num_iterations=6, max_iters=10, gradient_accumulation_steps=accumulation, seed=3)
+    straight = make_stage(tmp_path / "straight", StageSettings(**settings))
+    straight.run()
+
+    first = make_stage(
+        tmp_path / "resumed", StageSettings(**{**settings, "num_iterations": 3}, checkpointing_steps=3)
+    )
+    first.run()  # "killed" after its checkpoint at step 3
+    second = make_stage(tmp_path / "resumed", StageSettings(**settings, checkpointing_steps=3))
+    second.run(resume_from_checkpoint="latest")
+    assert second.completed_steps == 6 and second.micro_step == 6 * accumulation
+
+    a, b = final_weights(straight), final_weights(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_errors(tmp_path):
+    stage = make_stage(tmp_path, StageSettings(num_iterations=1, max_iters=10))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        stage.run(resume_from_checkpoint="latest")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        stage.run(resume_from_checkpoint=str(tmp_path))
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="unknown framework"):
+        StageSettings(framework="fda")
+    with pytest.raises(ValueError, match="exceeds the schedule"):
+        StageSettings(num_iterations=11, max_iters=10)
