@@ -114,3 +114,29 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
     argv = [*SMALL, "--source_dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_intrada.main(argv)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "synthetic_default",
+        "gta5_to_cityscapes",
+        "gta5_to_cityscapes_norm",
+        "synthia_to_cityscapes",
+        "synscapes_to_cityscapes",
+        "camvid_day_to_dusk",
+    ],
+)
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    path = Path(run_intrada.__file__).parent / "configs" / f"{name}.yaml"
+    model_args, data_args, args = parse_arguments(["--config", str(path)])
+    if name.startswith("gta5"):
+        assert (args.num_iterations, args.max_iters, args.learning_rate) == (120_000, 250_000, 2.5e-4)
+        assert (data_args.source_size, data_args.target_size) == [[720, 1280], [512, 1024]]
+        assert args.normalize_entropy == name.endswith("norm")
+    if name == "synthia_to_cityscapes":
+        assert data_args.eval_protocols == ["16", "13"] and args.num_iterations == 90_000
+    if name == "synscapes_to_cityscapes":
+        assert args.framework == "adaptsegnet"

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_intrada.data import load_split
+from modeling_intrada.labels import build_lut
 from modeling_intrada.losses import entropy_map, upsample_logits
 from modeling_intrada.metrics import MeanIoU, SegmentationScores
 from modeling_intrada.transforms import label_to_array, normalize, resize_image
@@ -33,8 +34,11 @@ class EvaluationSplit(torch.utils.data.Dataset):
         normalization: str,
         max_images: int | None = None,
         with_labels: bool = True,
+        label_mapping: Mapping[int, int] | None = None,
     ) -> None:
         dataset = load_split(source, config, split)
+        # e.g. Cityscapes' 19 train ids -> SYNTHIA's 16 classes for a SYNTHIA-trained model; others -> 255.
+        self.label_lut = build_lut(label_mapping, 256) if label_mapping is not None else None
         if with_labels and "label" not in dataset.column_names:
             raise ValueError(
                 f"{source} ({config or 'default'}/{split}) has no 'label' column: evaluation needs a labelled split"
@@ -61,7 +65,10 @@ class EvaluationSplit(torch.utils.data.Dataset):
             "index": index,
         }
         if self.with_labels:
-            item["labels"] = torch.from_numpy(label_to_array(row["label"]))
+            labels = label_to_array(row["label"])
+            if self.label_lut is not None:
+                labels = self.label_lut[labels].astype(np.int64)
+            item["labels"] = torch.from_numpy(labels)
         if "condition" in row:
             item["condition"] = float(row["condition"])
         return item

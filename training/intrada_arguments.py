@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 STAGES = ("inter", "rank", "intra", "eval", "all")
+LABEL_MAPPINGS = ("cityscapes_to_synthia16",)
 # Without --config, the embedded synthetic default runs (small backbone, minutes on a laptop CPU).
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_default.yaml"
 SYNTHETIC = "synthetic"
@@ -101,6 +102,16 @@ class DataArguments:
     num_workers: int = field(default=2, metadata={"help": "data-loading workers per stream"})
     max_val_images: int | None = field(
         default=None, metadata={"help": "evaluate on the first N validation images"}
+    )
+    val_label_mapping: str | None = field(
+        default=None,
+        metadata={
+            "help": "map validation labels first: cityscapes_to_synthia16 (a SYNTHIA model on Cityscapes)"
+        },
+    )
+    eval_protocols: list[str] | None = field(
+        default=None,
+        metadata={"help": "class protocols to report, e.g. 16 13 for SYNTHIA (default: all classes)"},
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the embedded synthetic dataset"})
     synthetic_num_images: list[int] = field(
@@ -242,6 +253,10 @@ def validate(model_args: ModelArguments, data_args: DataArguments, run_args: Int
         size = getattr(data_args, name)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"--{name} takes HEIGHT WIDTH, got {size}")
+    if data_args.val_label_mapping not in (None, *LABEL_MAPPINGS):
+        raise ValueError(
+            f"--val_label_mapping must be one of {LABEL_MAPPINGS}, got {data_args.val_label_mapping!r}"
+        )
     if data_args.normalization not in (None, "caffe", "imagenet"):
         raise ValueError(f"--normalization must be caffe or imagenet, got {data_args.normalization!r}")
     if run_args.batch_size < 1 or run_args.eval_batch_size < 1:

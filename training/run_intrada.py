@@ -50,9 +50,9 @@ from modeling_intrada import (
 )
 from modeling_intrada.adaptation import SegmentationTask
 from modeling_intrada.data import build_segmentation_dataset, read_label_space
-from modeling_intrada.labels import LabelSpace, colorize, get_label_space
+from modeling_intrada.labels import CITYSCAPES_TO_SYNTHIA_16, LabelSpace, colorize, get_label_space
 from modeling_intrada.losses import entropy_map
-from modeling_intrada.metrics import markdown_table
+from modeling_intrada.metrics import MeanIoU, markdown_table, scores_from_confusion_matrix
 from modeling_intrada.ranking import load_ranking, rank_by_entropy, save_ranking
 from modeling_intrada.transforms import denormalize
 
@@ -374,9 +374,17 @@ def eval_stage(run: Run) -> dict[str, dict]:
         print("no validation split (--val_dataset None): nothing to evaluate")
         return {}
     d, a = run.data_args, run.args
+    mapping = {"cityscapes_to_synthia16": CITYSCAPES_TO_SYNTHIA_16}.get(d.val_label_mapping or "")
     dataset = EvaluationSplit(
-        run.val, d.val_config, d.val_split, d.target_size, run.normalization, d.max_val_images
+        run.val,
+        d.val_config,
+        d.val_split,
+        d.target_size,
+        run.normalization,
+        d.max_val_images,
+        label_mapping=mapping,
     )
+    protocols = list(d.eval_protocols) if d.eval_protocols else [None]
     accelerator = Accelerator(mixed_precision=a.mixed_precision)
     models = {}
     for stage, name in (("inter", "G_inter"), ("intra", "G_intra")):
@@ -388,18 +396,30 @@ def eval_stage(run: Run) -> dict[str, dict]:
     results, scores_by_name = {}, {}
     for name, path in models.items():
         model = DeepLabV2ForSemanticSegmentation.from_pretrained(path).to(accelerator.device)
+        metric = MeanIoU(run.label_space.num_classes)
         scores, predictions = evaluate_segmentation(
             model,
             dataset,
             run.label_space.num_classes,
             accelerator=accelerator,
             batch_size=a.eval_batch_size,
+            protocol=protocols[0],
             id2label=run.label_space.id2label,
             mixed_precision=a.mixed_precision,
             keep_predictions=4,
+            metric=metric,
         )
-        scores_by_name[name] = scores
-        results[name] = {"model": path, **scores.to_dict()}
+        by_protocol = {protocols[0]: scores}
+        matrix = metric.confusion_matrix(accelerator)
+        for protocol in protocols[1:]:
+            by_protocol[protocol] = scores_from_confusion_matrix(matrix, protocol, run.label_space.id2label)
+        for protocol, protocol_scores in by_protocol.items():
+            scores_by_name[name if protocol is None else f"{name} [{protocol}]"] = protocol_scores
+        results[name] = {
+            "model": path,
+            **scores.to_dict(),
+            "protocols": {str(p or "all"): v.to_dict() for p, v in by_protocol.items()},
+        }
         if accelerator.is_main_process:
             _save_predictions(run, dataset, predictions, folder / "predictions" / name.split(" ")[0])
     if accelerator.is_main_process and results:
