@@ -515,7 +515,8 @@ def eval_results(
                 if hub_id is None
                 else f"{hub_id} " + _evaluation_set(r).split(" ", 1)[1],
                 dataset_config=r.dataset_config,
-                dataset_split=r.dataset_split,
+                # The `datasets` slice notation keeps a subset apart from the full split in the model index.
+                dataset_split=f"{r.dataset_split}[:{r.first_images}]" if r.first_images else r.dataset_split,
                 metric_type="mean_iou",
                 metric_name=f"mIoU ({r.protocol} classes, {_result_name(r)})",
                 metric_value=round(100 * r.mean_iou, 2),

@@ -117,6 +117,10 @@ def plan_model_upload(
         for level in levels:
             subfolder = f"discriminators/{level}"
             plan.files.update(_folder_files(root / level, subfolder + "/"))
+            # transformers looks for the `auto_map` code of `from_pretrained(repo, subfolder=...)` at the
+            # repository root (transformers 5.x), so the discriminator's modeling files go there as well.
+            for code in sorted((root / level).glob("*.py")):
+                plan.files.setdefault(code.name, code)
             plan.files[f"{subfolder}/README.md"] = str(
                 discriminator_card(run, stage, level, repo_id, subfolder)
             ).encode()

@@ -1,0 +1,182 @@
+"""modeling_intrada.cards: the cards of a real (tiny) run parse back with huggingface_hub and carry the
+mIoU the run measured, with every selection rule named as such."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from evaluate_miou import main as evaluate_main
+from huggingface_hub import DatasetCard
+from huggingface_hub.repocard import metadata_load
+from tiny_run import build_tiny_run
+
+from modeling_intrada.cards import (
+    RunSummary,
+    built_dataset_card,
+    dataset_terms,
+    discriminator_card,
+    measured_mean_ious,
+    ranking_card,
+    read_metrics_file,
+    segmenter_card,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+
+
+def _save_and_load(card, path: Path):
+    card.save(path)
+    return type(card).load(path), metadata_load(path)
+
+
+@pytest.mark.parametrize("stage", ["inter", "intra"])
+def test_segmenter_card_parses_back_with_the_measured_miou(tiny, tmp_path, stage):
+    run_dir, _ = tiny
+    run = RunSummary.read(run_dir)
+    card = segmenter_card(run, stage, "user/intrada-tiny", ranking_repo_id="user/intrada-tiny-ranking")
+    loaded, metadata = _save_and_load(card, tmp_path / "README.md")
+
+    measured = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    expected = measured[f"G_{stage} (stage, last snapshot)".replace("stage", stage)]["mean_iou"]
+    index = metadata["model-index"][0]
+    assert index["name"] == "intrada-tiny"
+    (entry,) = index["results"]
+    assert entry["task"]["type"] == "image-segmentation"
+    assert entry["dataset"]["split"] == "validation" and entry["dataset"]["config"] == "target_val"
+    (metric,) = entry["metrics"]
+    assert metric["type"] == "mean_iou" and metric["name"] == "mIoU (19 classes, last snapshot)"
+    assert metric["value"] == pytest.approx(100 * expected, abs=0.005)  # percent, 2 decimals
+    assert measured_mean_ious(loaded) == {"mIoU (19 classes, last snapshot)": metric["value"]}
+
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-segmentation"
+    assert metadata["license"] == "apache-2.0"  # the synthetic data is Apache-2.0: so may the weights be
+    text = loaded.text
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert yaml.safe_dump(config, sort_keys=False).strip() in text  # the full training configuration
+    ranking = json.loads((run_dir / "ranking" / "ranking.json").read_text())
+    assert (
+        f"images ranked: {ranking['num_images']} ({ranking['num_easy']} easy, {ranking['num_hard']} hard)"
+        in text
+    )
+    assert f"lambda (easy fraction): {ranking['lambda_easy']}" in text
+    assert "## Intended use and limitations" in text
+    assert "licence `apache-2.0`" in text and "no third-party data" in text  # the dataset card's terms
+    assert "@inproceedings{pan2020intrada" in text
+    assert 'from_pretrained("user/intrada-tiny", trust_remote_code=True)' in text
+    assert f"{100 * expected:.1f}" in text  # the per-class table shows the same mIoU
+
+
+def test_selection_results_are_named_in_the_model_index(tiny, tmp_path):
+    run_dir, _ = tiny
+    evaluate_main(
+        ["--snapshots_dir", str(run_dir / "intra" / "snapshots"), "--selection", "min_entropy", "best_val",
+         "--num_workers", "0", "--num_pictures", "0", "--max_images", "3", "--output_dir", str(tmp_path / "e")]
+    )  # fmt: skip
+    metrics_file = tmp_path / "e" / "metrics.json"
+    run = RunSummary.read(run_dir, metrics_files=[metrics_file])
+    loaded, _ = _save_and_load(segmenter_card(run, "intra", "user/m"), tmp_path / "README.md")
+    values = measured_mean_ious(loaded)
+    evaluated = json.loads(metrics_file.read_text())["results"]
+    for key, label in [
+        ("last", "last snapshot"),
+        ("min_entropy", "snapshot of lowest mean target entropy (label-free selection)"),
+        ("best_val", "best snapshot on the validation labels (oracle selection)"),
+    ]:
+        result = evaluated[key]
+        name = f"mIoU (19 classes, {label}, iteration {result['iteration']})"
+        assert values[name] == pytest.approx(100 * result["scores"]["19"]["mean_iou"], abs=0.005)
+    assert "mIoU (19 classes, last snapshot)" in values  # the run's own evaluation is kept
+    # The subset evaluation is a different evaluated set in the index, named with its size.
+    datasets = {(e.dataset_name, e.dataset_split) for e in loaded.data.eval_results}
+    assert datasets == {
+        ("data (target_val/validation)", "validation"),
+        ("data (target_val/validation, first 3 images)", "validation[:3]"),
+    }
+    assert "an upper bound of snapshot selection" in loaded.text
+
+
+def test_metrics_of_another_run_are_refused(tiny, tmp_path):
+    run_dir, _ = tiny
+    other = tmp_path / "metrics.json"
+    other.write_text(
+        json.dumps(
+            {
+                "dataset": {"name": "d", "split": "validation"},
+                "results": {
+                    "model": {
+                        "model": str(tmp_path / "elsewhere" / "intra" / "model"),
+                        "scores": {"19": {"mean_iou": 0.5, "class_names": ["a"], "per_class_iou": [0.5]}},
+                    }
+                },
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="holds no result of a model of the run"):
+        RunSummary.read(run_dir, metrics_files=[other])
+    (tmp_path / "bad.json").write_text(json.dumps({"x": {"y": 1}}))
+    with pytest.raises(ValueError, match=r"neither an evaluate_miou\.py result"):
+        read_metrics_file(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        RunSummary.read(tmp_path)
+
+
+def test_discriminator_card(tiny, tmp_path):
+    run_dir, _ = tiny
+    run = RunSummary.read(run_dir)
+    card = discriminator_card(run, "intra", "main", "user/m", "discriminators/main")
+    loaded, metadata = _save_and_load(card, tmp_path / "README.md")
+    assert "discriminator" in metadata["tags"] and metadata["library_name"] == "transformers"
+    assert 'subfolder="discriminators/main"' in loaded.text and "0 = source, 1 = target" in loaded.text
+    assert "channels 19 -> 64" in loaded.text
+    with pytest.raises(ValueError, match="level"):
+        discriminator_card(run, "intra", "middle", "user/m", "x")
+
+
+def test_ranking_card(tiny, tmp_path):
+    run_dir, _ = tiny
+    run = RunSummary.read(run_dir)
+    card = ranking_card(run, "user/m-ranking", model_repo_id="user/m")
+    loaded, metadata = _save_and_load(card, tmp_path / "README.md")
+    assert isinstance(loaded, DatasetCard)
+    assert metadata["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
+    ]
+    assert metadata["license"] == "apache-2.0" and "entropy-ranking" in metadata["tags"]
+    ranking = json.loads((run_dir / "ranking" / "ranking.json").read_text())
+    assert f"({ranking['num_easy']} easy, {ranking['num_hard']} hard)" in loaded.text
+    assert "[`user/m`](https://huggingface.co/user/m)" in loaded.text
+    assert 'load_dataset("user/m-ranking", split="train")' in loaded.text
+    assert "@inproceedings{pan2020intrada" in loaded.text
+
+
+def test_built_dataset_card_and_terms(tiny):
+    _, data = tiny
+    card = built_dataset_card(data)
+    assert card.data.license == "apache-2.0" and card.data.configs
+    terms = dataset_terms(str(data))
+    assert terms.license == "apache-2.0" and "no third-party data" in terms.terms and terms.hub_id is None
+
+
+def test_terms_of_an_unreadable_hub_dataset_say_so(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: patch the value
+    terms = dataset_terms("someone/not-a-local-folder")
+    assert (
+        terms.license is None and "https://huggingface.co/datasets/someone/not-a-local-folder" in terms.terms
+    )
+
+
+def test_measured_results_of_the_run(tiny):
+    run_dir, _ = tiny
+    run = RunSummary.read(run_dir)
+    assert {r.stage for r in run.results} == {"inter", "intra"}
+    assert all(r.selection == "last" and not math.isnan(r.mean_iou) for r in run.results)
+    assert run.latest_stage() == "intra"
