@@ -570,6 +570,7 @@ def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: lis
             "config": evaluator.dataset_config,
             "split": evaluator.split_name,
             "num_images": len(evaluator.rows),
+            "max_images": evaluator.args.max_images,
             "input_size": list(evaluator.size),
             "normalization": evaluator.normalization,
             "label_space": evaluator.label_space.name,
