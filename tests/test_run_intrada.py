@@ -134,7 +134,7 @@ def test_shipped_configs_parse(name):
     model_args, data_args, args = parse_arguments(["--config", str(path)])
     if name.startswith("gta5"):
         assert (args.num_iterations, args.max_iters, args.learning_rate) == (120_000, 250_000, 2.5e-4)
-        assert (data_args.source_size, data_args.target_size) == [[720, 1280], [512, 1024]]
+        assert [data_args.source_size, data_args.target_size] == [[720, 1280], [512, 1024]]
         assert args.normalize_entropy == name.endswith("norm")
     if name == "synthia_to_cityscapes":
         assert data_args.eval_protocols == ["16", "13"] and args.num_iterations == 90_000
