@@ -219,25 +219,27 @@ def read_metrics_file(
         # The eval stage names its rows "G_inter (inter, ...)": reliable even for a G_inter given by Hub id.
         match = re.search(r"\b(inter|intra)\b", title)
         stage = match.group(1) if match else _stage_of(str(entry["model"]))
-        results.append(
-            MeasuredResult(
-                title=title,
-                model=str(entry["model"]),
-                stage=stage,
-                selection=_selection_from_title(title),
-                iteration=None,
-                protocol=str(entry["protocol"]),
-                mean_iou=_float(entry["mean_iou"]),
-                class_names=tuple(entry["class_names"]),
-                per_class_iou=tuple(entry["per_class_iou"]),
-                dataset=str(config.get("val_dataset") or "validation split"),
-                dataset_config=config.get("val_config"),
-                dataset_split=str(config.get("val_split") or "validation"),
-                num_images=None,
-                first_images=config.get("max_val_images"),
-                source=source,
+        # One score set, or one per protocol under "protocols" (e.g. "16" and "13" for SYNTHIA).
+        for scores in (entry.get("protocols") or {"": entry}).values():
+            results.append(
+                MeasuredResult(
+                    title=title,
+                    model=str(entry["model"]),
+                    stage=stage,
+                    selection=_selection_from_title(title),
+                    iteration=None,
+                    protocol=str(scores["protocol"]),
+                    mean_iou=_float(scores["mean_iou"]),
+                    class_names=tuple(scores["class_names"]),
+                    per_class_iou=tuple(scores["per_class_iou"]),
+                    dataset=str(config.get("val_dataset") or "validation split"),
+                    dataset_config=config.get("val_config"),
+                    dataset_split=str(config.get("val_split") or "validation"),
+                    num_images=None,
+                    first_images=config.get("max_val_images"),
+                    source=source,
+                )
             )
-        )
     return results
 
 

@@ -19,6 +19,7 @@ from modeling_intrada.cards import (
     built_dataset_card,
     dataset_terms,
     discriminator_card,
+    eval_results,
     measured_mean_ious,
     ranking_card,
     read_metrics_file,
@@ -180,3 +181,31 @@ def test_measured_results_of_the_run(tiny):
     assert {r.stage for r in run.results} == {"inter", "intra"}
     assert all(r.selection == "last" and not math.isnan(r.mean_iou) for r in run.results)
     assert run.latest_stage() == "intra"
+
+
+def test_run_metrics_with_several_protocols(tmp_path):
+    """The eval stage of a SYNTHIA run records "16" and "13": both reach the model index, named apart."""
+
+    def scores(protocol: str, miou: float, names: list[str]) -> dict:
+        return {
+            "protocol": protocol,
+            "mean_iou": miou,
+            "class_names": names,
+            "per_class_iou": [miou] * len(names),
+        }
+
+    sixteen, thirteen = scores("16", 0.41, ["road"] * 16), scores("13", 0.47, ["road"] * 13)
+    entry = {"model": "/runs/synthia/intra/model", **sixteen, "protocols": {"16": sixteen, "13": thirteen}}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"G_intra (intra, last snapshot)": entry}))
+    config = {"val_dataset": "someone/cityscapes", "val_config": None, "val_split": "validation"}
+    results = read_metrics_file(path, config)
+    assert [(r.stage, r.protocol, r.mean_iou) for r in results] == [
+        ("intra", "16", 0.41),
+        ("intra", "13", 0.47),
+    ]
+    index = eval_results(results, {"someone/cityscapes": "someone/cityscapes"})
+    assert {(e.metric_name, e.metric_value, e.dataset_type) for e in index} == {
+        ("mIoU (16 classes, last snapshot)", 41.0, "someone/cityscapes"),
+        ("mIoU (13 classes, last snapshot)", 47.0, "someone/cityscapes"),
+    }

@@ -49,11 +49,12 @@ from evaluation import EvaluationSplit, evaluate_segmentation, mean_entropy
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
 from modeling_intrada.data import read_label_space
-from modeling_intrada.labels import IGNORE_INDEX, LabelSpace, colorize, get_label_space
+from modeling_intrada.labels import LabelSpace, colorize, get_label_space
 from modeling_intrada.metrics import (
     PROTOCOLS,
     MeanIoU,
     SegmentationScores,
+    get_protocol,
     markdown_table,
     scores_from_confusion_matrix,
 )
@@ -270,12 +271,12 @@ def parse_protocols(values: Sequence[str] | None, num_labels: int) -> list[str |
 
 def label_mapping(
     dataset_space: LabelSpace, evaluation_space: LabelSpace
-) -> tuple[np.ndarray | None, list[str]]:
-    """A 256-entry lookup table from the dataset's train ids to the evaluation space's, and the dropped classes.
+) -> tuple[dict[int, int] | None, list[str]]:
+    """Dataset train id -> evaluation class, matched by name, and the dataset classes left out.
 
-    Classes are matched by name; dataset classes absent from the evaluation space become the ignore
-    index (e.g. terrain, truck and train for a SYNTHIA model on Cityscapes labels). No table when the
-    spaces have the same classes.
+    Dataset classes absent from the evaluation space become the ignore index (e.g. terrain, truck and
+    train for a SYNTHIA model on Cityscapes labels: the mapping is then `CITYSCAPES_TO_SYNTHIA_16`). None
+    when the spaces have the same classes.
 
     Raises:
         ValueError: if an evaluation class has no counterpart in the dataset.
@@ -290,42 +291,9 @@ def label_mapping(
             f"the model's classes {missing} ({evaluation_space.name}) are not classes of the dataset "
             f"({dataset_space.name}: {list(dataset_space.class_names)}): no label mapping"
         )
-    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    dropped = []
-    for index, name in enumerate(dataset_space.class_names):
-        if name.lower() in wanted:
-            table[index] = wanted[name.lower()]
-        else:
-            dropped.append(name)
-    return table, dropped
-
-
-class LabelledRows(torch.utils.data.Dataset):
-    """An `EvaluationSplit` whose labels are mapped through a lookup table into the model's classes."""
-
-    def __init__(self, split: EvaluationSplit, table: np.ndarray | None) -> None:
-        self.split, self.table = split, None if table is None else torch.from_numpy(table).long()
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.split[index]
-        if self.table is not None:
-            labels = item["labels"].long()
-            item["labels"] = self.table[labels.clamp(0, 255)].to(item["labels"].dtype)
-        return item
-
-    def label(self, index: int) -> np.ndarray:
-        """The (mapped) label map of a row, as uint8."""
-        labels = self.split[index]["labels"].numpy().astype(np.int64)
-        return (labels if self.table is None else self.table.numpy()[labels.clip(0, 255)]).astype(np.uint8)
-
-    def image(self, index: int) -> Image.Image:
-        return self.split.image(index)
-
-    def image_id(self, index: int) -> str:
-        return str(self.split.dataset[int(index)]["id"])
+    mapping = {i: wanted[n.lower()] for i, n in enumerate(dataset_space.class_names) if n.lower() in wanted}
+    dropped = [n for n in dataset_space.class_names if n.lower() not in wanted]
+    return mapping, dropped
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -385,11 +353,16 @@ class Evaluator:
                 f"the model's id2label {model_names} differs from the classes of {self.label_space.name!r} "
                 f"{list(self.label_space.class_names)}: pass the model's --label_space"
             )
-        table, self.dropped_classes = label_mapping(dataset_space, self.label_space)
-        split_rows = EvaluationSplit(
-            self.dataset_path, config, split, self.size, self.normalization, args.max_images
+        mapping, self.dropped_classes = label_mapping(dataset_space, self.label_space)
+        self.rows = EvaluationSplit(
+            self.dataset_path,
+            config,
+            split,
+            self.size,
+            self.normalization,
+            args.max_images,
+            label_mapping=mapping,
         )
-        self.rows = LabelledRows(split_rows, table)
 
     def _dataset_names(self) -> tuple[str, str | None, str]:
         a, run = self.args, self.run_config
@@ -534,7 +507,8 @@ def _best(evaluated: dict[int, tuple[dict, np.ndarray, list]], protocol: str) ->
 
 
 def _protocol_name(protocol: str | None, num_labels: int) -> str:
-    return protocol if protocol is not None else f"all {num_labels}"
+    """The protocol's reported name ("19", "16", "13"; all classes: the number of classes)."""
+    return get_protocol(protocol, num_labels).name
 
 
 def _title(selection: str, candidate: Candidate) -> str:
@@ -547,17 +521,16 @@ def _title(selection: str, candidate: Candidate) -> str:
 
 # ------------------------------------------------------------------------------------------ outputs
 def save_pictures(
-    rows: LabelledRows, predictions: list[tuple[int, np.ndarray]], space: LabelSpace, folder: Path
+    rows: EvaluationSplit, predictions: list[tuple[int, np.ndarray]], space: LabelSpace, folder: Path
 ) -> None:
     """image | prediction | ground truth, colour-coded with the label space's palette, at label resolution."""
     folder.mkdir(parents=True, exist_ok=True)
     for index, prediction in predictions:
         height, width = prediction.shape
         image = np.asarray(rows.image(index).resize((width, height), Image.BICUBIC))
-        panel = np.concatenate(
-            [image, colorize(prediction, space), colorize(rows.label(index), space)], axis=1
-        )
-        safe_id = re.sub(r"[^\w.-]", "_", rows.image_id(index))
+        label = rows[index]["labels"].numpy().astype(np.uint8)  # mapped into the model's classes
+        panel = np.concatenate([image, colorize(prediction, space), colorize(label, space)], axis=1)
+        safe_id = re.sub(r"[^\w.-]", "_", str(rows.dataset[int(index)]["id"]))
         Image.fromarray(panel).save(folder / f"{int(index):04d}_{safe_id}.png")
 
 
