@@ -96,8 +96,9 @@ class RankingResult:
         scores: the score used for sorting (normalised when `normalize`).
         raw_scores: R before normalisation; num_rare: rare classes predicted per image.
         splits: "easy" or "hard" per image.
-        pseudo_labels: for easy images, the argmax prediction (uint8 map, or a class for classifiers).
-        entropy_maps: optional per-image entropy maps as uint8 (0..255 for 0..1).
+        pseudo_labels: for easy images, the argmax prediction: PNG bytes of a uint8 map (`decode_png`), or a
+            class for classifiers; None for hard images.
+        entropy_maps: optional per-image entropy maps, PNG bytes of uint8 (0..255 for 0..1).
     """
 
     ids: list[str]
@@ -109,8 +110,8 @@ class RankingResult:
     lambda_easy: float
     normalize: bool
     rare_train_ids: list[int]
-    pseudo_labels: list[np.ndarray | int | None]
-    entropy_maps: list[np.ndarray | None] = field(default_factory=list)
+    pseudo_labels: list[bytes | int | None]
+    entropy_maps: list[bytes | None] = field(default_factory=list)
 
     @property
     def num_easy(self) -> int:
@@ -135,6 +136,17 @@ def _gather(records: list[dict], accelerator: Any) -> list[dict]:
     return gather_object(records)
 
 
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A uint8 map from PNG bytes (pseudo labels and entropy maps of a `RankingResult`)."""
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8)
+
+
 @torch.inference_mode()
 def rank_by_entropy(
     model: torch.nn.Module,
@@ -148,6 +160,7 @@ def rank_by_entropy(
     autocast_dtype: torch.dtype | None = None,
     keep_entropy_maps: bool = False,
     accelerator: Any = None,
+    num_encoders: int = 4,
 ) -> RankingResult:
     """Score every target image with G_inter and split them (SPEC 4).
 
@@ -161,6 +174,7 @@ def rank_by_entropy(
         autocast_dtype: run the network under autocast (bf16/fp16); scores are computed in float32.
         keep_entropy_maps: also return 8-bit entropy maps.
         accelerator: gathers the records of all processes; every process gets the full result.
+        num_encoders: threads that PNG-encode the maps while the network runs on the next batch.
     """
     lambda_easy = check_lambda(lambda_easy)
     rare = list(rare_train_ids or [])
@@ -168,43 +182,42 @@ def rank_by_entropy(
         raise ValueError("normalize=True needs the dataset's rare-class list (rare_train_ids)")
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    pending = []
-    for batch in batches:
-        pixel_values = batch["pixel_values"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = predict(model, pixel_values)
-        raw, num_rare, entropy, prediction = score_logits(logits.float(), rare)
-        factor = normalization_factor(num_rare, len(rare)) if normalize else torch.ones_like(raw)
-        # Keep results on the device; one transfer per batch, no synchronisation inside the forward.
-        pending.append(
-            (
-                list(batch["id"]),
-                [int(i) for i in batch["index"]],
-                raw,
-                num_rare,
-                raw * factor,
-                prediction,
-                entropy,
-            )
-        )
     records = []
-    for ids, indices, raw, num_rare, score, prediction, entropy in pending:
-        prediction = prediction.to(torch.uint8 if prediction.dim() > 1 else torch.int64).cpu().numpy()
-        entropy_u8 = (
-            (entropy.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy() if keep_entropy_maps else None
-        )
-        for j, image_id in enumerate(ids):
-            records.append(
-                {
-                    "id": image_id,
-                    "index": indices[j],
-                    "raw_score": float(raw[j]),
-                    "num_rare": int(num_rare[j]),
-                    "score": float(score[j]),
-                    "prediction": prediction[j],
-                    "entropy": entropy_u8[j] if entropy_u8 is not None else None,
-                }
+    with ThreadPoolExecutor(max_workers=max(1, num_encoders)) as encoders:
+        for batch in batches:
+            pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = predict(model, pixel_values)
+            raw, num_rare, entropy, prediction = score_logits(logits.float(), rare)
+            factor = normalization_factor(num_rare, len(rare)) if normalize else torch.ones_like(raw)
+            score = raw * factor
+            # One transfer per batch: scores and uint8 maps; PNG encoding happens in the threads.
+            is_map = prediction.dim() > 1
+            prediction = prediction.to(torch.uint8 if is_map else torch.int64).cpu().numpy()
+            entropy_u8 = (
+                (entropy.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                if keep_entropy_maps
+                else None
             )
+            values = torch.stack([raw, score, num_rare.to(raw.dtype)]).cpu().tolist()
+            for j, image_id in enumerate(batch["id"]):
+                records.append(
+                    {
+                        "id": image_id,
+                        "index": int(batch["index"][j]),
+                        "raw_score": values[0][j],
+                        "score": values[1][j],
+                        "num_rare": int(values[2][j]),
+                        "prediction": encoders.submit(_png, prediction[j]) if is_map else int(prediction[j]),
+                        "entropy": encoders.submit(_png, entropy_u8[j])
+                        if entropy_u8 is not None and entropy_u8.ndim == 3
+                        else None,
+                    }
+                )
+        for record in records:
+            for key in ("prediction", "entropy"):
+                if hasattr(record[key], "result"):
+                    record[key] = record[key].result()
     records = _gather(records, accelerator)
     if len({r["index"] for r in records}) != len(records):
         raise ValueError("an image was scored twice: the batches of the processes overlap")
@@ -222,12 +235,7 @@ def rank_by_entropy(
         lambda_easy=lambda_easy,
         normalize=normalize,
         rare_train_ids=rare,
-        pseudo_labels=[
-            (r["prediction"] if np.ndim(r["prediction"]) else int(r["prediction"]))
-            if rank < num_easy
-            else None
-            for rank, r in enumerate(ranked)
-        ],
+        pseudo_labels=[r["prediction"] if rank < num_easy else None for rank, r in enumerate(ranked)],
         entropy_maps=[r["entropy"] for r in ranked] if keep_entropy_maps else [],
     )
 
@@ -235,12 +243,6 @@ def rank_by_entropy(
 # ---------------------------------------------------------------------------------------------------------
 # The artifact
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _png(array: np.ndarray) -> dict:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode="L").save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
 
 
 def ranking_features(segmentation: bool, with_entropy_maps: bool):
@@ -276,7 +278,6 @@ def save_ranking(
     model_name: str = "",
     image_loader: Callable[[int], Image.Image] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
-    num_workers: int = 4,
 ) -> Path:
     """Write the ranking-splits artifact (Parquet + card + ranking.json + picture) into `output_dir`.
 
@@ -287,17 +288,14 @@ def save_ranking(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    segmentation = any(isinstance(label, np.ndarray) for label in result.pseudo_labels)
-    with_entropy = (
-        bool(result.entropy_maps)
-        and result.entropy_maps[0] is not None
-        and np.ndim(result.entropy_maps[0]) == 2
-    )
+    segmentation = any(isinstance(label, bytes) for label in result.pseudo_labels)
+    with_entropy = bool(result.entropy_maps) and isinstance(result.entropy_maps[0], bytes)
     features = ranking_features(segmentation, with_entropy)
 
-    def encode(rank: int) -> dict:
+    def row(rank: int) -> dict:
         label = result.pseudo_labels[rank]
-        row = {
+        image = {"bytes": label, "path": None} if isinstance(label, bytes) else label
+        entry = {
             "id": result.ids[rank],
             "index": result.indices[rank],
             "rank": rank,
@@ -305,16 +303,13 @@ def save_ranking(
             "score": result.scores[rank],
             "raw_score": result.raw_scores[rank],
             "num_rare_classes": result.num_rare[rank],
-            "pseudo_label": (_png(label) if segmentation else label) if label is not None else None,
+            "pseudo_label": image,
         }
         if with_entropy:
-            row["entropy_map"] = _png(result.entropy_maps[rank])
-        return row
+            entry["entropy_map"] = {"bytes": result.entropy_maps[rank], "path": None}
+        return entry
 
-    # PNG encoding is the slow part; zlib releases the GIL, so threads overlap it.
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        rows = pool.map(encode, range(len(result.ids)))
-        write_parquet_file(output_dir / DATA_FILE, rows, features)
+    write_parquet_file(output_dir / DATA_FILE, (row(rank) for rank in range(len(result.ids))), features)
 
     summary = {
         "lambda_easy": result.lambda_easy,
@@ -458,7 +453,7 @@ def _picture(
                 axis.imshow(image_loader(result.indices[rank]))
                 axis.set_title(f"#{rank} {result.splits[rank]}\n{result.scores[rank]:.4f}", fontsize=8)
             else:
-                axis.imshow(result.entropy_maps[rank], cmap="viridis", vmin=0, vmax=255)
+                axis.imshow(decode_png(result.entropy_maps[rank]), cmap="viridis", vmin=0, vmax=255)
             axis.axis("off")
         row += 1
     figure.tight_layout()

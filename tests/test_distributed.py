@@ -68,7 +68,7 @@ def _rank(out_dir: str, rank: int, world_size: int, accelerator=None) -> None:
         accelerator=accelerator,
     )  # fmt: skip
     if rank == 0:
-        save_ranking(result, out_dir, target_dataset="images", model_name="tiny", num_workers=2)
+        save_ranking(result, out_dir, target_dataset="images", model_name="tiny")
 
 
 def _rank_worker(rank: int, out_dir: str) -> None:
