@@ -194,6 +194,15 @@ class IntraDAArguments:
     report_to: str | None = field(
         default=None, metadata={"help": "tensorboard (or another accelerate tracker)"}
     )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "at the end, publish G (+ card) to --hub_model_id and the ranking splits to "
+            "<hub_model_id>-ranking (training/push_to_hub.py does the same for a finished run)"
+        },
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "model repository user/name to push to"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repositories private"})
 
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, IntraDAArguments)
@@ -261,6 +270,8 @@ def validate(model_args: ModelArguments, data_args: DataArguments, run_args: Int
         raise ValueError(f"--normalization must be caffe or imagenet, got {data_args.normalization!r}")
     if run_args.batch_size < 1 or run_args.eval_batch_size < 1:
         raise ValueError("batch sizes must be at least 1")
+    if run_args.push_to_hub and not run_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name")
 
 
 def to_serializable(*arguments) -> dict:
