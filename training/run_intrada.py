@@ -50,6 +50,7 @@ from modeling_intrada import (
 )
 from modeling_intrada.adaptation import SegmentationTask
 from modeling_intrada.data import build_segmentation_dataset, read_label_space
+from modeling_intrada.hub import push_run_to_hub
 from modeling_intrada.labels import CITYSCAPES_TO_SYNTHIA_16, LabelSpace, colorize, get_label_space
 from modeling_intrada.losses import entropy_map
 from modeling_intrada.metrics import MeanIoU, markdown_table, scores_from_confusion_matrix
@@ -474,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     run.output_dir.mkdir(parents=True, exist_ok=True)
     (run.output_dir / "config.yaml").write_text(yaml.safe_dump(run_config(run), sort_keys=False))
     stages = ("inter", "rank", "intra", "eval") if args.stage == "all" else (args.stage,)
+    results: dict = {}
     for stage in stages:
         if (
             args.stage == "all"
@@ -490,8 +492,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         elif stage == "intra":
             intra_stage(run)
         else:
-            return eval_stage(run)
-    return {}
+            results = eval_stage(run)
+    if args.push_to_hub and PartialState().is_main_process:
+        # The model and the ranking splits; a failure keeps the outputs and names the retry command.
+        ranking = run.stage_dir("ranking") / "ranking.json"
+        ranking_repo_id = f"{args.hub_model_id}-ranking" if ranking.is_file() else None
+        push_run_to_hub(
+            run.output_dir, args.hub_model_id, ranking_repo_id=ranking_repo_id, private=args.hub_private_repo
+        )
+    return results
 
 
 if __name__ == "__main__":
