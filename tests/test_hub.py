@@ -226,3 +226,36 @@ def test_argument_errors(tiny, kwargs, message):
     run_dir, _ = tiny
     with pytest.raises(ValueError, match=message):
         push_run_to_hub(run_dir, dry_run=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_training_program_pushes_at_the_end(tiny, hub, tmp_path):
+    """run_intrada.py --push_to_hub: the eval stage of a finished run, then the model and the ranking splits."""
+    import shutil
+
+    run_dir, _ = tiny
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("snapshots", "predictions"))
+    command = [sys.executable, "training/run_intrada.py", "--config", str(run_dir / "config.yaml"),
+               "--output_dir", str(copy), "--stage", "eval", "--max_val_images", "2",
+               "--push_to_hub", "--hub_model_id", MODEL, "--hub_private_repo"]  # fmt: skip
+    finished = _run(command, _environment(hub, tmp_path / "hf_home"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    model_repo, ranking_repo = hub.repo(MODEL), hub.repo(f"{MODEL}-ranking", "dataset")
+    assert model_repo.private and ranking_repo.private
+    assert (
+        model_repo.files["model.safetensors"] == (copy / "intra" / "model" / "model.safetensors").read_bytes()
+    )
+    assert ranking_repo.files["ranking.json"] == (copy / "ranking" / "ranking.json").read_bytes()
+    measured = json.loads((copy / "eval" / "metrics.json").read_text())["G_intra (intra, last snapshot)"]
+    card = ModelCard(model_repo.files["README.md"].decode())
+    (value,) = measured_mean_ious(card).values()
+    assert value == pytest.approx(100 * measured["mean_iou"], abs=0.005)
+    assert card.data.eval_results[0].dataset_split == "validation[:2]"  # the 2-image evaluation, named so
+
+
+def test_push_to_hub_needs_a_model_id():
+    from intrada_arguments import parse_arguments
+
+    with pytest.raises(ValueError, match="needs --hub_model_id"):
+        parse_arguments(["--push_to_hub"])
