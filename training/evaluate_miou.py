@@ -117,7 +117,8 @@ class EvaluationArguments:
         default=None,
         metadata={
             "help": "class space of the model's predictions (e.g. synthia16 for a SYNTHIA model on Cityscapes "
-            "labels: dataset classes are mapped by name, the others ignored); default: the dataset's"
+            "labels: dataset classes are mapped by name, the others ignored); default: the run's (with "
+            "--snapshots_dir), else the dataset's"
         },
     )
     protocols: list[str] | None = field(
@@ -341,7 +342,10 @@ class Evaluator:
         self.dataset_name, self.dataset_config, self.split_name = dataset, config, split
         self.dataset_path = resolve_dataset(dataset, self.run_config)
         dataset_space = read_label_space(self.dataset_path)
-        self.label_space = get_label_space(args.label_space) if args.label_space else dataset_space
+        space_name = args.label_space or self.run_config.get(
+            "label_space"
+        )  # e.g. synthia16 for a SYNTHIA run
+        self.label_space = get_label_space(space_name) if space_name else dataset_space
         if self.label_space.num_classes != self.num_labels:
             raise ValueError(
                 f"the model predicts {self.num_labels} classes but the label space {self.label_space.name!r} has "
