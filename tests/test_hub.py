@@ -259,3 +259,42 @@ def test_push_to_hub_needs_a_model_id():
 
     with pytest.raises(ValueError, match="needs --hub_model_id"):
         parse_arguments(["--push_to_hub"])
+
+
+EVALUATOR = """
+import sys
+from huggingface_hub import HfApi
+from evaluate_miou import main
+from modeling_intrada.hub import push_run_to_hub
+
+run_dir, data, out = sys.argv[1:4]
+push_run_to_hub(run_dir, "{model}")
+HfApi().create_repo("{dataset}", repo_type="dataset")
+HfApi().upload_folder(repo_id="{dataset}", repo_type="dataset", folder_path=data)
+main(["--model", "{model}", "--dataset", "{dataset}", "--dataset_config", "target_val", "--split", "validation",
+      "--num_workers", "0", "--num_pictures", "1", "--output_dir", out])
+"""
+
+
+@pytest.mark.slow
+def test_evaluate_a_hub_model_on_a_hub_dataset(tiny, hub, tmp_path):
+    """evaluate_miou.py with a Hub model id and a Hub dataset id gives the local evaluation's matrix."""
+    from evaluate_miou import main as evaluate_main
+
+    run_dir, data = tiny
+    dataset_id = "someone/synthetic-tiny"
+    (tmp_path / "evaluator.py").write_text(EVALUATOR.format(model=MODEL, dataset=dataset_id))
+    env = _environment(hub, tmp_path / "hf_home")
+    env["PYTHONPATH"] = str(PROJECT_ROOT / "training")
+    finished = _run(
+        [sys.executable, str(tmp_path / "evaluator.py"), str(run_dir), str(data), str(tmp_path / "hub")], env
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    remote = json.loads((tmp_path / "hub" / "metrics.json").read_text())
+    local = evaluate_main(
+        ["--model", str(run_dir / "intra" / "model"), "--dataset", str(data), "--dataset_config", "target_val",
+         "--num_workers", "0", "--num_pictures", "0", "--output_dir", str(tmp_path / "local")]
+    )  # fmt: skip
+    assert remote["dataset"]["name"] == dataset_id and remote["dataset"]["num_images"] == 4
+    assert remote["results"]["model"]["model"] == MODEL
+    assert remote["results"]["model"]["confusion_matrix"] == local["results"]["model"]["confusion_matrix"]
