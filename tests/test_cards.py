@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from evaluate_miou import main as evaluate_main
 from huggingface_hub import DatasetCard
@@ -25,6 +26,15 @@ from modeling_intrada.cards import (
     read_metrics_file,
     segmenter_card,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine a second intra-op thread only waits (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
