@@ -353,10 +353,9 @@ def _local_dataset_folder(name: str, config: Mapping[str, Any]) -> Path | None:
     if name == SYNTHETIC:
         from .synthetic import SyntheticConfig, default_synthetic_dir
 
-        folder = config.get("synthetic_dir") or default_synthetic_dir(
-            SyntheticConfig(seed=int(config.get("synthetic_seed", 0)))
-        )
-        return Path(folder)
+        counts = config.get("synthetic_num_images") or [400, 200, 100]
+        synthetic = SyntheticConfig(int(config.get("synthetic_seed", 0)), *counts)
+        return Path(config.get("synthetic_dir") or default_synthetic_dir(synthetic))
     path = Path(name).expanduser()
     return path if path.exists() or name.startswith((".", "/", "~")) else None
 

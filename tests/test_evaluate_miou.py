@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from evaluate_miou import find_snapshots, label_mapping, main, parse_arguments
+from evaluate_miou import find_snapshots, label_mapping, main, parse_arguments, resolve_dataset
 from evaluation import EvaluationSplit, mean_entropy
 from PIL import Image
 from tiny_run import TINY_BACKBONE, build_tiny_run
@@ -247,3 +247,11 @@ def test_two_processes_count_every_image_once(tiny, tmp_path):
     assert double["results"]["model"]["confusion_matrix"] == single["results"]["model"]["confusion_matrix"]
     names = sorted(p.name[:4] for p in (tmp_path / "two" / "predictions" / "model").glob("*.png"))
     assert names == ["0000", "0001", "0002", "0003"]  # rows 0-2 from process 0, row 3 from process 1
+
+
+def test_synthetic_resolves_to_the_runs_dataset(tmp_path):
+    config = {"synthetic_seed": 3, "synthetic_num_images": [2, 1, 1], "synthetic_dir": str(tmp_path / "s")}
+    folder = Path(resolve_dataset("synthetic", config))
+    assert folder == tmp_path / "s"
+    assert json.loads((folder / "synthetic_params.json").read_text())["num_source"] == 2
+    assert resolve_dataset("someone/cityscapes", config) == "someone/cityscapes"

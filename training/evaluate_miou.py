@@ -206,8 +206,14 @@ def resolve_dataset(name: str, run_config: dict) -> str:
     from modeling_intrada.synthetic import SyntheticConfig, build_synthetic_dataset, default_synthetic_dir
 
     seed = int(run_config.get("synthetic_seed", 0))
-    folder = run_config.get("synthetic_dir") or default_synthetic_dir(SyntheticConfig(seed=seed))
-    return str(build_synthetic_dataset(folder, seed=seed))
+    counts = run_config.get("synthetic_num_images") or [400, 200, 100]
+    config = SyntheticConfig(seed, *counts)
+    folder = run_config.get("synthetic_dir") or default_synthetic_dir(config)
+    return str(
+        build_synthetic_dataset(
+            folder, seed=seed, num_source=counts[0], num_target_train=counts[1], num_target_val=counts[2]
+        )
+    )
 
 
 def load_segmenter(
