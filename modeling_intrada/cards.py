@@ -391,7 +391,9 @@ def dataset_terms(name: str, config: Mapping[str, Any] | None = None) -> Dataset
     try:
         card = built_dataset_card(folder)
     except (FileNotFoundError, ValueError) as error:
-        return DatasetTerms(name, None, None, f"Not read when this card was written: {error}.")
+        return DatasetTerms(
+            name, None, None, f"Not read when this card was written: {str(error).rstrip('.?')}."
+        )
     return DatasetTerms(
         str(card.data.get("pretty_name") or name),
         None,
