@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--settings", nargs="+", default=["mnist_to_usps", "usps_to_mnist"], choices=SETTINGS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--raw_dir", type=Path, default=ROOT.parent / "shared" / "data", help="raw downloads")
-    parser.add_argument("--data_dir", type=Path, default=ROOT / "data" / "digits", help="built datasets")
+    parser.add_argument("--data_dir", type=Path, default=ROOT / "data", help="built datasets")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "digits-study")
     parser.add_argument(
         "--docs", type=Path, default=ROOT / "docs" / "digits.md", help="file with the markers"

@@ -150,6 +150,8 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path):
         "--output_dir", str(out),
         "--lambda_easy", "0.5",
         *TINY,
+        "--source_num_iterations", "2", "--num_iterations", "2", "--intra_num_iterations", "2",  # the DTN is big
+        "--batch_size", "4",
     ]  # fmt: skip
     results = digits_main(argv)
     assert len(results) == 3

@@ -4,12 +4,12 @@ A digits dataset is the folder (or Hub id) that `dataset_scripts/digits.py` writ
 (ClassLabel 0..9) and `id`. A whole split is decoded once into a uint8 tensor at the network's input size:
 decoding PNGs at every step would dominate a CPU run, and MNIST's 60,000 digits take 47 MB this way.
 
-Bringing each dataset to the classifier's input (the conventions of ADDA/CyCADA-style digits experiments):
+Bringing each dataset to the classifier's input, as CyCADA's digit loader does (`get_transform` in its
+`cycada/data/data_loader.py`: `Resize(image_size)` on PIL images, PIL grey <-> RGB, `Normalize(0.5, 0.5)`):
 
-- size: images whose side differs from `image_size` are resized with PIL's **bilinear** filter: the common
-  PyTorch loaders of ADDA/CyCADA-style digits experiments apply `torchvision.transforms.Resize(28)` to PIL
-  images, whose default is bilinear. USPS (16x16) becomes 28x28 for the LeNet variant and MNIST (28x28)
-  becomes 32x32 for the DTN. The whole frame is resized (no padding): USPS digits fill their 16x16 frame
+- size: images whose side differs from `image_size` are resized with PIL's **bilinear** filter (the default
+  of `torchvision.transforms.Resize` on PIL images, so CyCADA's interpolation). USPS (16x16) becomes
+  28x28 for the LeNet variant and MNIST (28x28) becomes 32x32 for the DTN. The whole frame is resized (no padding): USPS digits fill their 16x16 frame
   while MNIST digits sit in a 20x20 box inside 28x28, and that difference of scale is part of the domain
   shift the adaptation must close. The result is rounded back to uint8, as a PIL resize does (at most
   0.5/255 off).
@@ -142,7 +142,9 @@ def load_digits(
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
     path = Path(source).expanduser()
-    if not path.exists() and str(source).startswith((".", "/", "~", "data")):
+    # "data/mnist" could be a Hub id too: a missing path whose parent folder exists here is a local one.
+    looks_local = path.is_absolute() or str(source).startswith((".", "~")) or path.parent.is_dir()
+    if not path.exists() and looks_local and str(path.parent) != ".":
         raise FileNotFoundError(
             f"digits dataset {path} does not exist; build it first, e.g. `python dataset_scripts/digits.py "
             f"--dataset mnist --data_dir RAW/mnist --output_dir {path}`"

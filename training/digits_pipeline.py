@@ -104,9 +104,9 @@ class DigitsModelArguments:
 class DigitsDataArguments:
     """Built digits datasets (`dataset_scripts/digits.py` folders or Hub ids)."""
 
-    source_dataset: str = field(default="data/digits/mnist", metadata={"help": "labelled source"})
+    source_dataset: str = field(default="data/mnist", metadata={"help": "labelled source"})
     target_dataset: str = field(
-        default="data/digits/usps",
+        default="data/usps",
         metadata={"help": "target: its train split unlabelled for training, its test split for evaluation"},
     )
     train_split: str = field(default="train")
@@ -140,7 +140,10 @@ class DigitsTrainingArguments:
     intra_num_iterations: int | None = field(
         default=None, metadata={"help": "steps of stage 3 (default: same)"}
     )
-    learning_rate: float = field(default=2e-4, metadata={"help": "G's learning rate"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "G's learning rate (stages 1 and 3)"})
+    source_learning_rate: float | None = field(
+        default=None, metadata={"help": "G's learning rate in the source-only stage (default: learning_rate)"}
+    )
     generator_optimizer: str = field(default="adam", metadata={"help": "adam | sgd"})
     momentum: float = field(default=0.9, metadata={"help": "SGD only"})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD only"})
@@ -297,7 +300,9 @@ class DigitsRun:
             segmentation_loss=supervised,
             num_iterations=iterations,
             max_iters=max(iterations, 1),  # the poly schedule spans the stage
-            learning_rate=a.learning_rate,
+            learning_rate=a.source_learning_rate
+            if stage == "source" and a.source_learning_rate is not None
+            else a.learning_rate,
             momentum=a.momentum,
             weight_decay=a.weight_decay,
             generator_optimizer=a.generator_optimizer,
