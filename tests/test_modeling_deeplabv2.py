@@ -151,6 +151,7 @@ def test_trust_remote_code_in_a_fresh_interpreter(small_model, tmp_path):
         torch.save({"x": x, "y": small_model(x).logits}, tmp_path / "io.pt")
     code = f"""
 import sys, torch
+torch.set_num_threads({torch.get_num_threads()})  # the same kernels as this process, for bit-equal logits
 from transformers import AutoModelForSemanticSegmentation, AutoImageProcessor
 model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
