@@ -133,6 +133,8 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path):
     for row in metrics["models"].values():
         assert 0 <= row["target_accuracy"] <= 100 and 0 <= row["source_accuracy"] <= 100
     assert "| source only |" in (out / "eval" / "results.md").read_text()
+    card = (out / "intra" / "model" / "README.md").read_text()
+    assert "feature-level CyCADA" in card and "IntraDA stage 3" in card and "| target:" in card
 
     # config.yaml holds every option and runs again: here the evaluation alone.
     saved = yaml.safe_load((out / "config.yaml").read_text())

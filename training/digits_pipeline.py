@@ -570,6 +570,10 @@ def eval_stage(run: DigitsRun) -> dict[str, dict]:
             "models": results,
         }
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        for name, row in results.items():
+            if not (row["stage"] == "inter" and run.model_args.inter_model):
+                card = model_card(run, name, row, metrics)
+                (run.stage_dir(row["stage"]) / "model" / "README.md").write_text(card)
         table = accuracy_table(results)
         (folder / "results.md").write_text(
             f"# Accuracy: {d.source_dataset} -> {d.target_dataset}, seed {a.seed}\n\n"
@@ -579,6 +583,68 @@ def eval_stage(run: DigitsRun) -> dict[str, dict]:
         print("\n" + table)
     accelerator.wait_for_everyone()
     return results
+
+
+STAGE_DESCRIPTIONS = {
+    "source": "trained on the labelled source only (the baseline, and the start of stage 1)",
+    "inter": "IntraDA stage 1 (G_inter): source vs target, {framework}",
+    "intra": "IntraDA stage 3 (G_intra): easy target images with G_inter's pseudo labels vs hard ones, {framework}",
+}
+
+
+def model_card(run: DigitsRun, name: str, row: dict, metrics: dict) -> str:
+    """A model card (README.md) for one trained classifier, with its measured accuracy."""
+    a, d, c = run.args, run.data_args, run.classifier_config
+    framework = FRAMEWORK_NAMES[
+        (a.intra_framework or a.framework) if row["stage"] == "intra" else a.framework
+    ]
+    stage = STAGE_DESCRIPTIONS[row["stage"]].format(framework=framework)
+    source, target = Path(d.source_dataset).name, Path(d.target_dataset).name
+    return f"""---
+library_name: transformers
+pipeline_tag: image-classification
+tags:
+- intrada
+- domain-adaptation
+- digits
+- feature-level-cycada
+metrics:
+- accuracy
+---
+
+# {c.architecture} digit classifier, {source} -> {target}: {name}
+
+Unsupervised domain adaptation of digit classifiers with IntraDA (Pan et al., CVPR 2020, section 4.3),
+as implemented by the `intrada-hf` project (`training/digits_pipeline.py`, docs/digits.md).
+
+- **Stage:** {stage}.
+- **Framework:** feature-level CyCADA: a discriminator on the classifier's {c.feature_size}-d features
+  (ADDA-like); CyCADA's pixel-level (CycleGAN) part is not implemented.
+- **Architecture:** `DigitClassifier` ({c.architecture}), input {c.num_channels}x{c.image_size}x{c.image_size},
+  `pixel_values = (x / 255 - 0.5) / 0.5`. USPS 16x16 digits are resized bilinearly to the input size.
+- **Seed:** {a.seed}.
+
+## Evaluation
+
+Last iterate of the stage, no selection on test labels.
+
+| test set | accuracy (%) |
+|---|---:|
+| target: {metrics["target_test"]} | {row["target_accuracy"]:.2f} |
+| source: {metrics["source_test"]} | {row["source_accuracy"]:.2f} |
+
+## Use
+
+```python
+import modeling_intrada  # or trust_remote_code=True
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("<this folder or repo id>").eval()
+prediction = model(pixel_values=pixel_values).logits.argmax(-1)
+```
+
+The run's options are in its `config.yaml`.
+"""
 
 
 def accuracy_table(results: dict[str, dict]) -> str:
