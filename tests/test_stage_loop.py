@@ -249,3 +249,24 @@ def test_settings_are_validated():
         StageSettings(framework="fda")
     with pytest.raises(ValueError, match="exceeds the schedule"):
         StageSettings(num_iterations=11, max_iters=10)
+
+
+def one_iteration(tmp_path, **fast) -> tuple[dict, dict]:
+    stage = make_stage(tmp_path, StageSettings(num_iterations=1, max_iters=10, **fast))
+    rows = Rows(6, 1, True)
+    source = {"pixel_values": rows.images[:2], "labels": rows.labels[:2]}
+    target = {"pixel_values": Rows(5, 2, False).images[:2]}
+    losses = stage.adversarial_iteration(stage._to_device(source), stage._to_device(target))
+    generator = stage.accelerator.unwrap_model(stage.generator)
+    grads = {n.replace("_orig_mod.", ""): p.grad.clone() for n, p in generator.named_parameters()}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+@pytest.mark.parametrize("fast", [{"channels_last": True}, {"channels_last": True, "torch_compile": True}])
+def test_fast_paths_change_no_result_in_fp32(tmp_path, fast):
+    plain_losses, plain_grads = one_iteration(tmp_path / "plain")
+    fast_losses, fast_grads = one_iteration(tmp_path / "fast", **fast)
+    for name in plain_losses:
+        torch.testing.assert_close(fast_losses[name], plain_losses[name], rtol=1e-5, atol=1e-5)
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)

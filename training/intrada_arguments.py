@@ -178,6 +178,10 @@ class IntraDAArguments:
     eval_batch_size: int = field(default=1)
     gradient_accumulation_steps: int = field(default=1)
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    channels_last: bool = field(default=False, metadata={"help": "NHWC memory format (faster on GPUs)"})
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the generator and discriminators"}
+    )
     seed: int = field(default=1234)
     checkpointing_steps: int | None = field(
         default=None, metadata={"help": "accelerate save_state every N steps"}

@@ -189,6 +189,8 @@ class Run:
             log_steps=a.log_steps,
             image_log_steps=a.image_log_steps,
             seed=a.seed,
+            channels_last=a.channels_last,
+            torch_compile=a.torch_compile,
         )
 
     def task(self, framework: str) -> SegmentationTask:

@@ -57,6 +57,8 @@ class StageSettings:
         log_steps: losses to trackers and the progress bar every N steps (the only host syncs).
         image_log_steps: a picture (image, prediction, entropy) to TensorBoard every N steps (0: never).
         seed: data order and initialisation.
+        channels_last: NHWC memory format for the networks and inputs (faster convolutions on GPUs).
+        torch_compile: `torch.compile` the generator and the discriminators.
     """
 
     framework: str = "advent"
@@ -80,6 +82,8 @@ class StageSettings:
     log_steps: int = 10
     image_log_steps: int = 0
     seed: int = 1234
+    channels_last: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         check_framework(self.framework)
@@ -162,6 +166,11 @@ class AdaptationStage:
             raise ValueError(f"framework {settings.framework!r} needs target data")
         self.source, self.target = source, target
         discriminators = list(discriminators) if settings.uses_discriminators else []
+        if accelerator.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        generator = generator.to(memory_format=self.memory_format)
+        discriminators = [d.to(memory_format=self.memory_format) for d in discriminators]
 
         self.generator_optimizer = self._generator_optimizer(generator)
         self.discriminator_optimizers = [
@@ -173,6 +182,10 @@ class AdaptationStage:
         prepared = accelerator.prepare(generator, *discriminators)
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.generator, self.discriminators = prepared[0], list(prepared[1:])
+        if settings.torch_compile:
+            # Compiled wrappers around the prepared modules; state dicts and `unwrap_model` see the originals.
+            self.generator = torch.compile(self.generator)
+            self.discriminators = [torch.compile(d) for d in self.discriminators]
         for optimizer in self.optimizers:
             accelerator.register_for_checkpointing(optimizer)
         self.completed_steps = 0
@@ -220,9 +233,11 @@ class AdaptationStage:
 
     def _to_device(self, batch: dict) -> dict:
         device = self.accelerator.device
-        return {
+        moved = {
             k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
         }
+        moved["pixel_values"] = moved["pixel_values"].contiguous(memory_format=self.memory_format)
+        return moved
 
     # ------------------------------------------------------------------------------------ one iteration
     def adversarial_iteration(self, source: dict, target: dict | None) -> dict[str, torch.Tensor]:
