@@ -140,7 +140,7 @@ def test_shipped_configs_parse(name):
     from pathlib import Path
 
     path = Path(run_intrada.__file__).parent / "configs" / f"{name}.yaml"
-    model_args, data_args, args = parse_arguments(["--config", str(path)])
+    _, data_args, args = parse_arguments(["--config", str(path)])
     if name.startswith("gta5"):
         assert (args.num_iterations, args.max_iters, args.learning_rate) == (120_000, 250_000, 2.5e-4)
         assert [data_args.source_size, data_args.target_size] == [[720, 1280], [512, 1024]]
