@@ -1,0 +1,246 @@
+"""A real adaptation study on a CPU: CamVid day -> dusk, EfficientNet-Lite0 (ImageNet, from PyPI), IntraDA.
+
+    python benchmarks/camvid_study.py --seeds 3                       # the full study, written into docs/camvid.md
+    python benchmarks/camvid_study.py --seeds 1 --iterations 100 --no_ablations --output_dir /tmp/quick
+
+Per seed, with `training/configs/camvid_day_to_dusk.yaml` (240x180, batch 2, every stage `--iterations` steps):
+source only; stage 1 AdvEnt (G_inter); the ranking (lambda 0.67); stage 3 IntraDA from ImageNet; and the
+ablations: lambda in {0.5, 0.8, 1.0} (1.0 = every target image easy: self-training only), the rare-class
+entropy normalisation, and stage 3 initialised from G_inter. Every model is scored (mIoU, 11 classes) on the
+31 labelled dusk validation frames and on the 171 daylight test frames.
+
+The ranking's quality is measured directly: G_inter's pixel accuracy and mIoU against the real labels of the
+62 dusk training frames, separately on the easy and the hard split. Those labels are read here, from the
+`full` configuration, for this measurement only; training reads `target_train`, which has no label column.
+
+Writes `<output_dir>/study.json`, `<output_dir>/table.md`, pictures (predictions of each stage on the same
+dusk frames; the ranking gallery), and the table into docs/camvid.md between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import ROOT  # puts training/ on sys.path
+
+# isort: split
+import run_intrada
+from evaluation import EvaluationSplit, evaluate_segmentation
+
+from modeling_intrada import DeepLabV2ForSemanticSegmentation
+from modeling_intrada.labels import colorize, get_label_space
+from modeling_intrada.metrics import MeanIoU
+from modeling_intrada.ranking import load_ranking
+
+CONFIG = ROOT / "training" / "configs" / "camvid_day_to_dusk.yaml"
+DOCS = ROOT / "docs" / "camvid.md"
+BEGIN, END = "<!-- camvid-study:begin -->", "<!-- camvid-study:end -->"
+CAMVID = get_label_space("camvid")
+
+
+def build_dataset(raw: Path, built: Path) -> Path:
+    if not (built / "README.md").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "dataset_scripts" / "camvid.py"),
+                "--data_dir",
+                str(raw),
+                "--output_dir",
+                str(built),
+            ],
+            check=True,
+        )
+    return built
+
+
+def run(argv: list[str]) -> None:
+    print("$ run_intrada.py " + " ".join(argv), flush=True)
+    run_intrada.main(argv)
+
+
+def score(model_dir: Path, data: Path, config: str, split: str) -> dict:
+    model = DeepLabV2ForSemanticSegmentation.from_pretrained(model_dir).eval()
+    dataset = EvaluationSplit(data, config, split, (180, 240), "imagenet")
+    scores, _ = evaluate_segmentation(
+        model, dataset, CAMVID.num_classes, batch_size=8, id2label=CAMVID.id2label
+    )
+    return {
+        "mean_iou": scores.mean_iou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "iou": scores.to_dict()["iou"],
+    }
+
+
+@torch.inference_mode()
+def ranking_quality(model_dir: Path, ranking_dir: Path, data: Path) -> dict:
+    """G_inter against the real labels of the dusk training frames, per split (measurement only)."""
+    ranking = load_ranking(ranking_dir)
+    split_of = {i: "easy" for i in ranking.easy_ids} | {i: "hard" for i in ranking.hard_ids}
+    frames = EvaluationSplit(data, "full", "train", (180, 240), "imagenet")
+    keep = [i for i, image_id in enumerate(frames.dataset["id"]) if image_id in split_of]
+    model = DeepLabV2ForSemanticSegmentation.from_pretrained(model_dir).eval()
+    metrics = {"easy": MeanIoU(CAMVID.num_classes), "hard": MeanIoU(CAMVID.num_classes)}
+    for index in keep:
+        item = frames[index]
+        logits = model(pixel_values=item["pixel_values"][None]).logits
+        labels = item["labels"]
+        prediction = torch.nn.functional.interpolate(
+            logits, size=tuple(labels.shape), mode="bilinear", align_corners=True
+        ).argmax(1)[0]
+        metrics[split_of[item["id"]]].update(prediction, labels)
+    result = {}
+    for split, metric in metrics.items():
+        s = metric.compute(id2label=CAMVID.id2label)
+        result[split] = {"images": sum(1 for v in split_of.values() if v == split), "pixel_accuracy": s.pixel_accuracy,
+                         "mean_iou": s.mean_iou}  # fmt: skip
+    return result
+
+
+def predictions_picture(models: dict[str, Path], data: Path, path: Path, frames: int = 4) -> None:
+    from PIL import Image
+
+    dataset = EvaluationSplit(data, "target_val", "validation", (180, 240), "imagenet")
+    rows = []
+    for index in range(0, len(dataset), max(1, len(dataset) // frames))[:frames]:
+        item = dataset[index]
+        row = [np.asarray(dataset.image(index)), colorize(item["labels"].numpy().astype(np.uint8), CAMVID)]
+        for model_dir in models.values():
+            model = DeepLabV2ForSemanticSegmentation.from_pretrained(model_dir).eval()
+            with torch.inference_mode():
+                logits = model(pixel_values=item["pixel_values"][None]).logits
+            prediction = torch.nn.functional.interpolate(logits, size=tuple(item["labels"].shape), mode="bilinear",
+                                                         align_corners=True).argmax(1)[0]  # fmt: skip
+            row.append(colorize(prediction.numpy().astype(np.uint8), CAMVID))
+        rows.append(np.concatenate(row, axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def one_seed(seed: int, args, data: Path) -> dict:
+    out = args.output_dir / f"seed{seed}"
+    base = ["--config", str(CONFIG), "--seed", str(seed), "--num_iterations", str(args.iterations),
+            "--max_iters", str(args.iterations), "--num_workers", "0",
+            "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data)]  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results, timing = {}, {}
+
+    def timed(name: str, argv: list[str]) -> None:
+        start = time.perf_counter()
+        run(argv)
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+
+    # Source only and stage 1 (AdvEnt).
+    timed(
+        "source_only",
+        [*base, "--output_dir", str(out / "source_only"), "--stage", "inter", "--framework", "source_only"],
+    )
+    timed("advent", [*base, "--output_dir", str(out / "advent"), "--stage", "inter"])
+    g_inter = out / "advent" / "inter" / "model"
+    variants = {"IntraDA (lambda 0.67)": ["--lambda_easy", "0.67"]}
+    if not args.no_ablations:
+        variants.update({
+            "lambda 0.5": ["--lambda_easy", "0.5"],
+            "lambda 0.8": ["--lambda_easy", "0.8"],
+            "lambda 1.0 (self-training only)": ["--lambda_easy", "1.0", "--intra_framework", "source_only"],
+            "+ entropy normalisation": ["--lambda_easy", "0.67", "--normalize_entropy", "true"],
+            "G_intra from G_inter": ["--lambda_easy", "0.67", "--intra_init", "inter"],
+        })  # fmt: skip
+    ranking_report = {}
+    for name, extra in variants.items():
+        folder = out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+        common = [*base, *extra, "--output_dir", str(folder), "--inter_model", str(g_inter)]
+        timed(f"rank: {name}", [*common, "--stage", "rank"])
+        timed(name, [*common, "--stage", "intra"])
+        if name.startswith("IntraDA") or name.startswith("+ entropy"):
+            ranking_report[name] = ranking_quality(g_inter, folder / "ranking", data)
+        results[name] = folder / "intra" / "model"
+    models = {"source only": out / "source_only" / "inter" / "model", "AdvEnt (G_inter)": g_inter, **results}
+    scores = {
+        name: {
+            "dusk_val": score(path, data, "target_val", "validation"),
+            "day_test": score(path, data, "day_test", "test"),
+        }
+        for name, path in models.items()
+    }
+    main_models = {k: models[k] for k in ("source only", "AdvEnt (G_inter)", "IntraDA (lambda 0.67)")}
+    predictions_picture(main_models, data, out / "predictions.png")
+    shutil.copy(out / "IntraDA_lambda_0.67" / "ranking" / "ranking.png", out / "ranking_gallery.png")
+    return {"seed": seed, "scores": scores, "ranking": ranking_report, "seconds": timing}
+
+
+def table(per_seed: list[dict], iterations: int) -> str:
+    names = list(per_seed[0]["scores"])
+
+    def cell(values: list[float]) -> str:
+        values = [100 * v for v in values]
+        if len(values) == 1:
+            return f"{values[0]:.1f}"
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+    lines = [f"{len(per_seed)} seed(s), {iterations} iterations per stage, batch 2 per domain, 240x180.", "",
+             "| model | mIoU dusk val (31) | mIoU day test (171) |", "|---|---:|---:|"]  # fmt: skip
+    for name in names:
+        dusk = [r["scores"][name]["dusk_val"]["mean_iou"] for r in per_seed]
+        day = [r["scores"][name]["day_test"]["mean_iou"] for r in per_seed]
+        lines.append(f"| {name} | {cell(dusk)} | {cell(day)} |")
+    lines += ["", "Ranking quality: G_inter against the real labels of the 62 dusk training frames (measurement only).",
+              "", "| ranking | split | images | pixel accuracy | mIoU |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for name in per_seed[0]["ranking"]:
+        for split in ("easy", "hard"):
+            accuracy = [r["ranking"][name][split]["pixel_accuracy"] for r in per_seed]
+            miou = [r["ranking"][name][split]["mean_iou"] for r in per_seed]
+            images = per_seed[0]["ranking"][name][split]["images"]
+            lines.append(f"| {name} | {split} | {images} | {cell(accuracy)} | {cell(miou)} |")
+    seconds = [sum(r["seconds"].values()) for r in per_seed]
+    lines += [
+        "",
+        f"Training time per seed (all stages and ablations): {statistics.mean(seconds) / 60:.0f} min.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first_seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
+    parser.add_argument("--built", type=Path, default=ROOT / "data" / "camvid")
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "camvid_study")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no_docs", action="store_true", help="do not write the table into docs/camvid.md")
+    args = parser.parse_args()
+    data = build_dataset(args.raw, args.built)
+    per_seed = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        result_file = args.output_dir / f"seed{seed}" / "result.json"
+        if result_file.is_file():  # resumable: a finished seed is not run again
+            per_seed.append(json.loads(result_file.read_text()))
+            continue
+        result = one_seed(seed, args, data)
+        result_file.write_text(json.dumps(result, indent=2))
+        per_seed.append(result)
+    markdown = table(per_seed, args.iterations)
+    (args.output_dir / "study.json").write_text(json.dumps(per_seed, indent=2))
+    (args.output_dir / "table.md").write_text(markdown + "\n")
+    print(markdown)
+    if not args.no_docs and DOCS.is_file():
+        text = DOCS.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            DOCS.write_text(head + BEGIN + "\n" + markdown + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()
