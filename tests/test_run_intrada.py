@@ -149,3 +149,36 @@ def test_shipped_configs_parse(name):
         assert data_args.eval_protocols == ["16", "13"] and args.num_iterations == 90_000
     if name == "synscapes_to_cityscapes":
         assert args.framework == "adaptsegnet"
+
+
+def test_stage_three_reads_a_ranking_from_another_folder(finished_run, tmp_path):
+    out, _ = finished_run
+    argv = [
+        *SMALL, "--output_dir", str(tmp_path / "elsewhere"), "--synthetic_dir", str(out.parent / "synthetic"),
+        "--stage", "intra", "--inter_model", str(out / "inter" / "model"), "--ranking", str(out / "ranking"),
+        "--num_iterations", "1", "--max_iters", "1",
+    ]  # fmt: skip
+    run_intrada.main(argv)
+    assert (tmp_path / "elsewhere" / "intra" / "model" / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="ranking-splits"):
+        run_intrada.main([*argv[:-6], "--ranking", str(tmp_path)])
+
+
+def test_rank_by_entropy_cli(finished_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = finished_run
+    script = Path(run_intrada.__file__).parent / "rank_by_entropy.py"
+    command = [
+        sys.executable, str(script), *SMALL, "--output_dir", str(tmp_path / "r"),
+        "--synthetic_dir", str(out.parent / "synthetic"), "--inter_model", str(out / "inter" / "model"),
+        "--lambda_easy", "0.5",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "r" / "ranking" / "ranking.json").read_text())
+    assert summary["lambda_easy"] == 0.5 and summary["num_easy"] == 20
+    refused = subprocess.run([*command, "--stage", "inter"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "always runs --stage rank" in refused.stderr

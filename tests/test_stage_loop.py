@@ -270,3 +270,65 @@ def test_fast_paths_change_no_result_in_fp32(tmp_path, fast):
         torch.testing.assert_close(fast_losses[name], plain_losses[name], rtol=1e-5, atol=1e-5)
     for name in plain_grads:
         torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_runs_and_keeps_losses_finite(tmp_path):
+    settings = StageSettings(num_iterations=2, max_iters=10, log_steps=1)
+    stage = AdaptationStage(
+        Accelerator(cpu=True, mixed_precision="bf16"), SegmentationTask(), TinySegmenter(), discriminators(),
+        source=(Rows(6, 1, True), 2), target=(Rows(5, 2, False), 2), settings=settings, output_dir=tmp_path,
+    )  # fmt: skip
+    losses = stage.run().last_losses
+    assert all(math.isfinite(v) for v in losses.values()) and "loss_adv" in losses
+
+
+def test_one_grad_scaler_serves_all_optimizers(tmp_path):
+    stage = make_stage(tmp_path, StageSettings(num_iterations=1, max_iters=10))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    stage.accelerator.scaler = scaler  # what Accelerate sets up for fp16 on a GPU
+    updates = []
+    original_update = scaler.update
+    scaler.update = lambda *a, **k: updates.append(1) or original_update(*a, **k)
+    rows = Rows(6, 1, True)
+    source = {"pixel_values": rows.images[:2], "labels": rows.labels[:2]}
+    target = {"pixel_values": Rows(5, 2, False).images[:2]}
+    before = [p.detach().clone() for opt in stage.optimizers for g in opt.param_groups for p in g["params"]]
+    stage.adversarial_iteration(source, target)
+    stage.optimizer_step()
+    after = [p.detach() for opt in stage.optimizers for g in opt.param_groups for p in g["params"]]
+    assert updates == [1] and scaler.get_scale() == 2048.0  # one update per step, and it grew once
+    unchanged = [i for i, (a, b) in enumerate(zip(before, after)) if torch.equal(a, b)]
+    assert not unchanged, [tuple(before[i].shape) for i in unchanged]  # G and both D stepped
+    assert all(torch.isfinite(a).all() for a in after)
+
+    # An overflow in one discriminator's gradients skips that optimizer's step (PyTorch checks each
+    # optimizer's own gradients) and halves the shared scale once, after all steps.
+    stage.adversarial_iteration(source, target)
+    overflowing = stage.discriminators[0].layers[0].weight
+    overflowing.grad[0, 0, 0, 0] = float("inf")
+    kept = overflowing.detach().clone()
+    stage.optimizer_step()
+    assert updates == [1, 1] and scaler.get_scale() == 1024.0
+    assert torch.equal(kept, overflowing.detach())
+
+
+def test_tensorboard_logs_losses_and_pictures(tmp_path):
+    pytest.importorskip("tensorboard")
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path / "logs"))
+    accelerator.init_trackers("inter")
+    settings = StageSettings(num_iterations=2, max_iters=10, log_steps=1, image_log_steps=1)
+    stage = AdaptationStage(
+        accelerator, SegmentationTask(), TinySegmenter(), discriminators(),
+        source=(Rows(6, 1, True), 2), target=(Rows(5, 2, False), 2), settings=settings, output_dir=tmp_path,
+        picture=lambda source, target, outputs: torch.zeros(8, 24, 3, dtype=torch.uint8).numpy(),
+    )  # fmt: skip
+    stage.run()
+    accelerator.end_training()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"loss_seg", "loss_adv", "loss_d_source", "loss_d_target", "lr", "lr_d"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert "prediction" in events.Tags()["images"] and len(events.Images("prediction")) == 2

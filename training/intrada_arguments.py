@@ -171,6 +171,12 @@ class IntraDAArguments:
     rare_train_ids: list[int] | None = field(
         default=None, metadata={"help": "override the dataset's rare classes"}
     )
+    ranking: str | None = field(
+        default=None,
+        metadata={
+            "help": "ranking splits for stage 3: folder or Hub dataset id (default: <output_dir>/ranking)"
+        },
+    )
     keep_entropy_maps: bool = field(
         default=False, metadata={"help": "store entropy maps in the ranking artifact"}
     )

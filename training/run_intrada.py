@@ -355,7 +355,7 @@ def intra_stage(run: Run) -> Path:
     """Stage 3: easy (pseudo labels) against hard, new discriminators, G_intra from ImageNet or G_inter."""
     from data_streams import EasySplit, HardSplit
 
-    ranking = load_ranking(run.stage_dir("ranking"))
+    ranking = load_ranking(run.args.ranking or run.stage_dir("ranking"))
     target = run.training_split("target", with_labels=False)
     easy, hard = EasySplit(target, ranking), HardSplit(target, ranking)
     settings = run.settings("intra")
