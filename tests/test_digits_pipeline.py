@@ -190,6 +190,8 @@ def test_option_errors(tmp_path, datasets_dir):
         parse_digits_arguments([*base, "--lambda_easy", "1.5"])
     with pytest.raises(ValueError, match="intra_init"):
         parse_digits_arguments([*base, "--intra_init", "imagenet"])
+    with pytest.raises(ValueError, match="max_test_samples must be at least 1"):
+        parse_digits_arguments([*base, "--max_test_samples", "0"])
     with pytest.raises(ValueError, match="source_num_iterations is 0"):
         parse_digits_arguments([*base, "--source_num_iterations", "0"])
     with pytest.raises(FileNotFoundError, match="run --stage source first"):

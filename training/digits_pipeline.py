@@ -219,8 +219,11 @@ def validate(
         raise ValueError(f"--inter_init must be source or scratch, got {model_args.inter_init!r}")
     if model_args.intra_init not in ("inter", "source", "scratch"):
         raise ValueError(f"--intra_init must be inter, source or scratch, got {model_args.intra_init!r}")
-    if args.source_num_iterations < 0 or args.num_iterations < 0:
+    if min(args.source_num_iterations, args.num_iterations, args.intra_num_iterations or 0) < 0:
         raise ValueError("iteration counts must be >= 0")
+    for name in ("max_source_samples", "max_target_samples", "max_test_samples"):
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(data_args, name)}")
     if args.source_num_iterations == 0 and "source" in (model_args.inter_init, model_args.intra_init):
         raise ValueError(
             "source_num_iterations is 0 (no source stage) but inter_init or intra_init is 'source'"
