@@ -182,3 +182,29 @@ def test_rank_by_entropy_cli(finished_run, tmp_path):
     assert summary["lambda_easy"] == 0.5 and summary["num_easy"] == 20
     refused = subprocess.run([*command, "--stage", "inter"], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "always runs --stage rank" in refused.stderr
+
+
+def test_two_cpu_processes_with_accelerate_launch(tmp_path):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`, the whole pipeline, checkpoints."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(run_intrada.__file__)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+        *SMALL, "--batch_size", "2", "--num_iterations", "4", "--max_iters", "4", "--checkpointing_steps", "2",
+        "--output_dir", str(tmp_path / "out"), "--synthetic_dir", str(tmp_path / "synthetic"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert (out / "inter" / "DONE").read_text().strip() == "4" and (out / "intra" / "DONE").is_file()
+    checkpoint = out / "inter" / "checkpoints" / "checkpoint_000004"
+    assert json.loads((checkpoint / "loop_state.json").read_text())["num_processes"] == 2
+    summary = json.loads((out / "ranking" / "ranking.json").read_text())
+    assert summary["num_images"] == 40  # every target image scored once, across the two processes
+    assert len(json.loads((out / "eval" / "metrics.json").read_text())) == 2

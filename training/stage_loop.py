@@ -406,6 +406,7 @@ class AdaptationStage:
         final = self.checkpoint_dir() / f"checkpoint_{self.completed_steps:06d}"
         temporary = final.with_name(final.name + ".incomplete")
         acc.save_state(str(temporary))
+        acc.wait_for_everyone()  # every process writes its RNG state there: all must be done before the rename
         if acc.is_main_process:
             state = {
                 "iteration": self.completed_steps,
