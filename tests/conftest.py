@@ -37,3 +37,20 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: on a shared 2-core machine a second intra-op thread only waits (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """A real run of `run_intrada.py` at 32x64, 2 iterations per stage (see tests/tiny_run.py), built once."""
+    from tiny_run import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")

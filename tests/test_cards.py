@@ -8,12 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from evaluate_miou import main as evaluate_main
 from huggingface_hub import DatasetCard
 from huggingface_hub.repocard import metadata_load
-from tiny_run import build_tiny_run
 
 from modeling_intrada.cards import (
     RunSummary,
@@ -27,19 +25,8 @@ from modeling_intrada.cards import (
     segmenter_card,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only waits (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+# A real tiny run of run_intrada.py (`tiny`, from conftest), on one torch thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save_and_load(card, path: Path):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from evaluate_miou import find_snapshots, label_mapping, main, parse_arguments, resolve_dataset
 from evaluation import EvaluationSplit, mean_entropy
 from PIL import Image
-from tiny_run import TINY_BACKBONE, build_tiny_run
+from tiny_run import TINY_BACKBONE
 
 from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation, DeepLabV2ImageProcessor
 from modeling_intrada.data import load_split
@@ -31,18 +31,8 @@ from modeling_intrada.labels import (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only waits (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+# A real tiny run of run_intrada.py (`tiny`, from conftest), on one torch thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_confusion(model_dir: Path, data: Path, size: tuple[int, int], num_labels: int, table=None):

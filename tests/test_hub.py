@@ -22,7 +22,6 @@ import pytest
 import torch
 from hub_server import FakeHub
 from huggingface_hub import DatasetCard, ModelCard
-from tiny_run import build_tiny_run
 
 from modeling_intrada import DeepLabV2ForSemanticSegmentation, FCDiscriminator
 from modeling_intrada.cards import measured_mean_ious
@@ -55,18 +54,8 @@ json.dump(dict(model_class=type(model).__module__, processor=processor.to_dict()
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only waits (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+# A real tiny run of run_intrada.py (`tiny`, from conftest), on one torch thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

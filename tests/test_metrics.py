@@ -7,14 +7,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from distributed_utils import accelerator_kwargs, run_on_processes
 from PIL import Image
 
 from modeling_intrada.metrics import (
@@ -476,28 +474,13 @@ def test_evaluate_module_errors(evaluate_lib):
 # --- reduction over processes (2 CPU processes, gloo) -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _distributed_worker(rank: int, batches: list, out_dir: str) -> None:
+    from accelerate import Accelerator
 
-
-def _distributed_worker(rank: int, world_size: int, port: int, batches: list, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
-    )  # fmt: skip
-    from accelerate import Accelerator, InitProcessGroupKwargs
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # the forked child may inherit the parent's
-    # A short timeout: a broken rendezvous fails the test instead of hanging it for 30 minutes.
-    accelerator = Accelerator(
-        cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))]
-    )
-    assert accelerator.num_processes == world_size
+    accelerator = Accelerator(**accelerator_kwargs())
+    assert accelerator.num_processes == 2
     metric, idle = MeanIoU(19), MeanIoU(19)
-    for predictions, references in batches[rank::world_size]:
+    for predictions, references in batches[rank::2]:
         metric.update(torch.from_numpy(predictions), torch.from_numpy(references))
     results = {
         "distributed": [str(accelerator.distributed_type), torch.distributed.get_world_size()],
@@ -528,9 +511,7 @@ def test_reduction_over_two_processes(tmp_path):
         single.update(torch.from_numpy(predictions), torch.from_numpy(references))
     expected = single.compute().to_dict()
 
-    torch.multiprocessing.start_processes(
-        _distributed_worker, args=(2, _free_port(), batches, str(tmp_path)), nprocs=2, start_method="fork"
-    )
+    run_on_processes(_distributed_worker, 2, batches, str(tmp_path))
     for rank in range(2):
         results = json.loads((tmp_path / f"{rank}.json").read_text())
         assert results["distributed"] == ["DistributedType.MULTI_CPU", 2]
