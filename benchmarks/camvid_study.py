@@ -77,7 +77,7 @@ def score(model_dir: Path, data: Path, config: str, split: str) -> dict:
     return {
         "mean_iou": scores.mean_iou,
         "pixel_accuracy": scores.pixel_accuracy,
-        "iou": scores.to_dict()["iou"],
+        "per_class_iou": scores.to_dict()["per_class_iou"],
     }
 
 
@@ -135,6 +135,10 @@ def one_seed(seed: int, args, data: Path) -> dict:
     results, timing = {}, {}
 
     def timed(name: str, argv: list[str]) -> None:
+        folder, stage = Path(argv[argv.index("--output_dir") + 1]), argv[argv.index("--stage") + 1]
+        done = folder / ("ranking/ranking.json" if stage == "rank" else f"{stage}/DONE")
+        if done.is_file():  # resumable: a finished stage of an interrupted study is not run again
+            return
         start = time.perf_counter()
         run(argv)
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
@@ -147,7 +151,7 @@ def one_seed(seed: int, args, data: Path) -> dict:
     timed("advent", [*base, "--output_dir", str(out / "advent"), "--stage", "inter"])
     g_inter = out / "advent" / "inter" / "model"
     variants = {"IntraDA (lambda 0.67)": ["--lambda_easy", "0.67"]}
-    if not args.no_ablations:
+    if not args.no_ablations and seed < args.first_seed + args.ablation_seeds:
         variants.update({
             "lambda 0.5": ["--lambda_easy", "0.5"],
             "lambda 0.8": ["--lambda_easy", "0.8"],
@@ -179,26 +183,27 @@ def one_seed(seed: int, args, data: Path) -> dict:
 
 
 def table(per_seed: list[dict], iterations: int) -> str:
-    names = list(per_seed[0]["scores"])
+    names = list(dict.fromkeys(name for r in per_seed for name in r["scores"]))
 
     def cell(values: list[float]) -> str:
         values = [100 * v for v in values]
         if len(values) == 1:
-            return f"{values[0]:.1f}"
+            return f"{values[0]:.1f}" + (" (1 seed)" if len(per_seed) > 1 else "")
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
-    lines = [f"{len(per_seed)} seed(s), {iterations} iterations per stage, batch 2 per domain, 240x180.", "",
+    lines = [f"{len(per_seed)} seed(s), {iterations} iterations per stage, batch 2 per domain, 240x180 "
+             "(mean ± std over the seeds that ran a row).", "",
              "| model | mIoU dusk val (31) | mIoU day test (171) |", "|---|---:|---:|"]  # fmt: skip
     for name in names:
-        dusk = [r["scores"][name]["dusk_val"]["mean_iou"] for r in per_seed]
-        day = [r["scores"][name]["day_test"]["mean_iou"] for r in per_seed]
+        dusk = [r["scores"][name]["dusk_val"]["mean_iou"] for r in per_seed if name in r["scores"]]
+        day = [r["scores"][name]["day_test"]["mean_iou"] for r in per_seed if name in r["scores"]]
         lines.append(f"| {name} | {cell(dusk)} | {cell(day)} |")
     lines += ["", "Ranking quality: G_inter against the real labels of the 62 dusk training frames (measurement only).",
               "", "| ranking | split | images | pixel accuracy | mIoU |", "|---|---|---:|---:|---:|"]  # fmt: skip
-    for name in per_seed[0]["ranking"]:
+    for name in dict.fromkeys(name for r in per_seed for name in r["ranking"]):
         for split in ("easy", "hard"):
-            accuracy = [r["ranking"][name][split]["pixel_accuracy"] for r in per_seed]
-            miou = [r["ranking"][name][split]["mean_iou"] for r in per_seed]
+            accuracy = [r["ranking"][name][split]["pixel_accuracy"] for r in per_seed if name in r["ranking"]]
+            miou = [r["ranking"][name][split]["mean_iou"] for r in per_seed if name in r["ranking"]]
             images = per_seed[0]["ranking"][name][split]["images"]
             lines.append(f"| {name} | {split} | {images} | {cell(accuracy)} | {cell(miou)} |")
     seconds = [sum(r["seconds"].values()) for r in per_seed]
@@ -215,6 +220,9 @@ def main() -> None:
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument(
+        "--ablation_seeds", type=int, default=3, help="run the ablations for the first N seeds"
+    )
     parser.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
     parser.add_argument("--built", type=Path, default=ROOT / "data" / "camvid")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "camvid_study")
