@@ -239,6 +239,10 @@ def main() -> None:
         result = one_seed(seed, args, data)
         result_file.write_text(json.dumps(result, indent=2))
         per_seed.append(result)
+        write_outputs(per_seed, args)  # after every seed: an interrupted study still leaves its table
+
+
+def write_outputs(per_seed: list[dict], args) -> None:
     markdown = table(per_seed, args.iterations)
     (args.output_dir / "study.json").write_text(json.dumps(per_seed, indent=2))
     (args.output_dir / "table.md").write_text(markdown + "\n")
