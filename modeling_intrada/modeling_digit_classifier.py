@@ -6,7 +6,6 @@ discriminator sees), then `DigitClassifier`, which adds ReLU -> dropout -> fc `n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -82,13 +81,12 @@ class DigitClassifierPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default init (the reference never re-initialises), written with `transformers.initialization`
-        so that tensors loaded from a checkpoint are skipped."""
+        """CyCADA's init of its digit classifiers (`init_weights` in `cycada/models/util.py`): Xavier-normal
+        conv and fc weights, zero biases, BatchNorm reset. Written with `transformers.initialization`, so
+        tensors loaded from a checkpoint are skipped."""
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            fan_in = module.weight[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)
-            init.uniform_(module.bias, -bound, bound)
+            init.xavier_normal_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)

@@ -35,7 +35,7 @@ class FeatureDiscriminator(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default Linear init (the reference never re-initialises the discriminator)."""
+        """PyTorch's default Linear init: CyCADA's ADDA code never re-initialises its discriminator."""
         if isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1.0 / math.sqrt(module.weight.shape[1])

@@ -93,16 +93,19 @@ def test_classifier_refuses_wrong_input():
         FeatureDiscriminator(FeatureDiscriminatorConfig(input_size=500))(torch.randn(2, 512))
 
 
-def test_default_pytorch_init():
-    # The reference never re-initialises: weights follow PyTorch's default bound 1/sqrt(fan_in).
+def test_reference_init():
+    # Classifier: CyCADA's Xavier-normal weights and zero biases; discriminator: PyTorch's default.
     model = DigitClassifier(DigitClassifierConfig())
     fc = model.features[-1]
-    bound = 1 / math.sqrt(fc.in_features)
-    assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound
-    assert fc.bias.abs().max() <= bound and fc.bias.abs().max() > 0
+    xavier_std = math.sqrt(2.0 / (fc.in_features + fc.out_features))
+    assert abs(fc.weight.std().item() - xavier_std) < 0.05 * xavier_std
+    assert fc.weight.abs().max() > 2 * xavier_std  # normal, not uniform within a small bound
+    assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     disc = FeatureDiscriminator(FeatureDiscriminatorConfig())
     first = disc.layers[0]
-    assert first.weight.abs().max() <= 1 / math.sqrt(500) and first.weight.std() > 0.5 / math.sqrt(3 * 500)
+    bound = 1 / math.sqrt(500)
+    assert first.weight.abs().max() <= bound and first.weight.std() > 0.9 * bound / math.sqrt(3)
+    assert 0 < first.bias.abs().max() <= bound
 
 
 def test_feature_discriminator():
