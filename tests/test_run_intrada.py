@@ -57,20 +57,20 @@ def test_default_pipeline_runs_end_to_end(finished_run):
 
 
 def test_ranking_finds_the_hard_images(tmp_path):
-    # G_inter trained briefly on the synthetic source at full size; the ranking of the target training
-    # images must put the severe conditions (darkness, fog, blur) in the hard split.
+    # G_inter of the default network trained briefly on the synthetic source (all 400 images); its ranking of
+    # the target training images must put the severe conditions in the hard split. (Measured: easy 0.386,
+    # hard 0.731 mean condition; 0.5 each would be chance.)
     common = [
-        "--backbone", "timm:mobilenetv3_small_050", "--synthetic_num_images", "48", "60", "12",
-        "--output_dir", str(tmp_path / "out"), "--synthetic_dir", str(tmp_path / "synthetic"),
-        "--num_workers", "0", "--eval_batch_size", "12",
+        "--synthetic_num_images", "400", "100", "12", "--synthetic_dir", str(tmp_path / "synthetic"),
+        "--output_dir", str(tmp_path / "out"), "--num_workers", "0", "--eval_batch_size", "16",
     ]  # fmt: skip
-    run_intrada.main([*common, "--stage", "inter", "--framework", "source_only", "--num_iterations", "60",
-                      "--max_iters", "60", "--batch_size", "8"])  # fmt: skip
+    run_intrada.main([*common, "--stage", "inter", "--framework", "source_only", "--num_iterations", "100",
+                      "--max_iters", "100", "--batch_size", "8"])  # fmt: skip
     run_intrada.main([*common, "--stage", "rank"])
     summary = json.loads((tmp_path / "out" / "ranking" / "ranking.json").read_text())
-    assert (summary["num_easy"], summary["num_hard"]) == (40, 20)
+    assert (summary["num_easy"], summary["num_hard"]) == (67, 33)
     condition = summary["mean_condition"]
-    assert condition["easy"] + 0.1 < condition["hard"]
+    assert condition["easy"] + 0.15 < condition["hard"]
 
 
 def test_target_training_labels_never_reach_training(tmp_path, monkeypatch):
