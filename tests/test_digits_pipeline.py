@@ -102,7 +102,7 @@ def test_classification_task():
         task.discriminator_input(LevelOutput(output.logits))
 
 
-def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path):
+def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     out = tmp_path / "run"
     argv = [
         "--config", str(CONFIGS / "digits_mnist_to_usps.yaml"),
@@ -143,7 +143,7 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path):
     assert again == results
 
 
-def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path):
+def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_thread):
     out = tmp_path / "svhn"
     argv = [
         "--config", str(CONFIGS / "digits_svhn_to_mnist.yaml"),
@@ -196,3 +196,41 @@ def test_option_errors(tmp_path, datasets_dir):
         parse_digits_arguments([*base, "--source_num_iterations", "0"])
     with pytest.raises(FileNotFoundError, match="run --stage source first"):
         digits_main([*base, "--stage", "inter", "--output_dir", str(tmp_path / "empty"), *TINY[:2]])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_thread):
+    """`accelerate launch` with 2 CPU processes: sharded streams, ranking and evaluation, checkpoints; the
+    ranking and the accuracies equal a one-process recomputation with the same models."""
+    import os
+    import subprocess
+    import sys
+
+    script = CONFIGS.parent / "run_intrada.py"
+    out = tmp_path / "two"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    options = [
+        "--config", str(CONFIGS / "digits_mnist_to_usps.yaml"),
+        "--source_dataset", str(datasets_dir / "mnist"),
+        "--target_dataset", str(datasets_dir / "usps"),
+        "--max_target_samples", "39",  # odd: the processes get different numbers of ranking batches
+        "--output_dir", str(out),
+        *TINY,
+    ]  # fmt: skip
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+        *options, "--checkpointing_steps", "2",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = out / "inter" / "checkpoints" / "checkpoint_000004"
+    assert json.loads((checkpoint / "loop_state.json").read_text())["num_processes"] == 2
+    two_ranking = load_ranking(out / "ranking")
+    assert len(two_ranking.easy_ids) + len(two_ranking.hard_ids) == 39
+    two_metrics = json.loads((out / "eval" / "metrics.json").read_text())
+
+    digits_main([*options, "--stage", "rank"])  # one process, the same G_inter
+    one_ranking = load_ranking(out / "ranking")
+    assert (one_ranking.easy_ids, one_ranking.hard_ids) == (two_ranking.easy_ids, two_ranking.hard_ids)
+    assert digits_main([*options, "--stage", "eval"]) == two_metrics["models"]

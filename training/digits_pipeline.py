@@ -45,8 +45,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env, set_seed
 from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -334,13 +334,17 @@ class DigitsRun:
         return FeatureDiscriminator(FeatureDiscriminatorConfig(input_size=size))
 
 
-def make_accelerator(run: DigitsRun, stage: str) -> Accelerator:
+def make_accelerator(run: DigitsRun, stage: str, framework: str) -> Accelerator:
+    """The stage's Accelerator. With `feature`, the adversarial loss never reaches the classifier's last
+    layer, so in multi-process runs DDP must be told that some parameters get no gradient in the
+    synchronising backward (their source gradients, accumulated under `no_sync`, are still reduced)."""
     args = run.args
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to,
         project_dir=str(run.output_dir / "logs"),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=framework == "feature")],
     )
     if args.report_to:
         config = {
@@ -356,8 +360,8 @@ def adaptation_stage(
 ) -> Path:
     """The source stage, stage 1 or stage 3 through the one loop; saves G and D with save_pretrained."""
     folder = run.stage_dir(stage)
-    accelerator = make_accelerator(run, stage)
     settings = run.settings(stage)
+    accelerator = make_accelerator(run, stage, settings.framework)
     discriminators = (
         [run.new_discriminator(settings.framework, run.args.seed)] if settings.uses_discriminators else []
     )
@@ -381,7 +385,8 @@ def adaptation_stage(
             accelerator.unwrap_model(d).save_pretrained(folder / "discriminators" / name)
         (folder / DONE_FILE).write_text(f"{loop.completed_steps}\n")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not `end_training`: it would also end the process group
+        tracker.finish()
     return folder / "model"
 
 
@@ -666,8 +671,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     run = DigitsRun(model_args, data_args, args)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-    (run.output_dir / "config.yaml").write_text(yaml.safe_dump(run.config(), sort_keys=False))
+    # As `Accelerator` would: ACCELERATE_USE_CPU=1 (accelerate launch --cpu) means CPU processes.
+    if PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(run.config(), sort_keys=False))
     if args.stage == "all":
         stages = ["inter", "rank", "intra", "eval"]
         if args.source_num_iterations > 0:
