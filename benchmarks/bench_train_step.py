@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
+import sys
+import time
 
 import torch
 from _common import environment, median, peak_memory_mb, report, synchronize
@@ -28,6 +32,7 @@ from modeling_intrada import (
     FCDiscriminatorConfig,
 )
 from modeling_intrada.adaptation import SegmentationTask
+from modeling_intrada.cpu_allocator import keep_freed_memory
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -107,6 +112,57 @@ def batch(args, device: torch.device) -> tuple[dict, dict]:
     return source, target
 
 
+RAW = "raw-seconds: "
+
+
+def other(name: str) -> str:
+    return "reference" if name == "ours" else "ours"
+
+
+def measure(args, names: list[str], device: torch.device) -> tuple[dict, dict]:
+    """Build the implementations in `names` order, warm each up, then time them alternately."""
+    steps, memory = {}, {}
+    for name in names:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        steps[name] = (build_ours if name == "ours" else build_reference)(args, device)
+        for _ in range(args.warmup):
+            steps[name]()
+        synchronize(device)
+        memory[name] = peak_memory_mb(device)
+        gc.collect()
+    seconds = {name: [] for name in names}
+    for _ in range(args.iterations):
+        for name in names:  # alternate: a noisy neighbour slows both alike
+            start = time.perf_counter()
+            steps[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, memory
+
+
+def both_orders(argv: list[str]) -> tuple[dict, dict]:
+    """`both`: two child processes, one building ours first, one the reference first.
+
+    On a CPU the implementation built first in a process runs measurably slower (up to 14 % in one trial;
+    the allocator's state, not the code), so one order alone favours the second. Each child alternates the
+    two iteration by iteration; the times of both children are pooled, and each implementation's peak
+    memory is taken from the child that built it first (the process peak then holds it alone).
+    """
+    seconds, memory = {"ours": [], "reference": []}, {}
+    for first in ("ours", "reference"):
+        result = subprocess.run(
+            [sys.executable, __file__, *argv, "--first", first, "--raw"],
+            check=True, stdout=subprocess.PIPE, text=True,  # the child's errors reach stderr
+        )  # fmt: skip
+        line = next(line for line in result.stdout.splitlines() if line.startswith(RAW))
+        child = json.loads(line[len(RAW) :])
+        for name in seconds:
+            seconds[name] += child["seconds"][name]
+        memory[first] = child["memory"][first]
+    return seconds, memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--implementation", choices=["ours", "reference", "both"], default="ours")
@@ -124,33 +180,30 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--allocator", choices=["keep", "default"], default="keep",
+        help="CPU: keep = keep_freed_memory() as run_intrada.py does (no page faults), default = glibc as is",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--first", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu" and args.allocator == "keep":
+        keep_freed_memory()  # for both implementations alike
 
-    names = ["ours", "reference"] if args.implementation == "both" else [args.implementation]
-    steps, memory = {}, {}
-    for name in names:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        steps[name] = (build_ours if name == "ours" else build_reference)(args, device)
-        for _ in range(args.warmup):
-            steps[name]()
-        synchronize(device)
-        memory[name] = peak_memory_mb(device)
-        gc.collect()
-    seconds = {name: [] for name in names}
-    import time
-
-    for _ in range(args.iterations):
-        for name in names:  # alternate: a noisy neighbour slows both alike
-            start = time.perf_counter()
-            steps[name]()
-            synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
+    if args.implementation == "both" and args.first is None:
+        seconds, memory = both_orders(sys.argv[1:])
+    else:
+        names = [args.implementation] if args.implementation != "both" else [args.first, other(args.first)]
+        seconds, memory = measure(args, names, device)
+    if args.raw:  # one order of `both`, run as a child process
+        print(RAW + json.dumps({"seconds": seconds, "memory": memory}))
+        return
+    names = list(seconds)
     rows = []
     for name in names:
         rows.append(
@@ -163,6 +216,7 @@ def main() -> None:
                 "precision": args.precision,
                 "channels_last": args.channels_last,
                 "compile": args.compile,
+                "allocator": args.allocator if device.type == "cpu" else "cuda",
                 "s_per_iter_median": median(seconds[name]),
                 "s_per_iter_min": min(seconds[name]),
                 "peak_memory_mb": memory[name],
@@ -173,12 +227,12 @@ def main() -> None:
         ratio = median(seconds["ours"]) / median(seconds["reference"])
         for row in rows:
             row["ours_over_reference"] = ratio
-    columns = ["implementation", "backbone", "precision", "channels_last", "compile", "s_per_iter_median",
-               "s_per_iter_min", "peak_memory_mb", "ours_over_reference"]  # fmt: skip
+    columns = ["implementation", "backbone", "precision", "channels_last", "compile", "allocator",
+               "s_per_iter_median", "s_per_iter_min", "peak_memory_mb", "ours_over_reference"]  # fmt: skip
     report("train_step", rows, columns)
-    if device.type == "cpu" and len(names) == 2:
-        print("\nCPU peak memory is the process peak RSS, measured after each implementation's warm-up: "
-              "the second figure includes the first's allocations.")  # fmt: skip
+    if len(names) == 2:
+        print(f"\n{len(seconds['ours'])} iterations each, pooled over two processes (ours built first, then "
+              "the reference built first); peak memory from the process that built it first.")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -240,6 +240,7 @@ def main() -> None:
         result_file.write_text(json.dumps(result, indent=2))
         per_seed.append(result)
         write_outputs(per_seed, args)  # after every seed: an interrupted study still leaves its table
+    write_outputs(per_seed, args)  # also when every seed was already finished (seeds run apart, then joined)
 
 
 def write_outputs(per_seed: list[dict], args) -> None:

@@ -188,6 +188,10 @@ class IntraDAArguments:
     torch_compile: bool = field(
         default=False, metadata={"help": "torch.compile the generator and discriminators"}
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "on CPU, keep freed memory in the process (glibc malloc): no page faults per step"},
+    )
     seed: int = field(default=1234)
     checkpointing_steps: int | None = field(
         default=None, metadata={"help": "accelerate save_state every N steps"}

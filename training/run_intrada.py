@@ -49,6 +49,7 @@ from modeling_intrada import (
     FCDiscriminatorConfig,
 )
 from modeling_intrada.adaptation import SegmentationTask
+from modeling_intrada.cpu_allocator import keep_freed_memory
 from modeling_intrada.data import build_segmentation_dataset, read_label_space
 from modeling_intrada.hub import push_run_to_hub
 from modeling_intrada.labels import CITYSCAPES_TO_SYNTHIA_16, LabelSpace, colorize, get_label_space
@@ -480,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         return digits_main(argv)
     model_args, data_args, args = parse_arguments(argv)
+    if args.keep_freed_memory and process_state().device.type == "cpu":
+        keep_freed_memory()  # glibc: 10-25 % of a CPU iteration went to page faults (benchmarks/README.md)
     run = Run(model_args, data_args, args)
     if process_state().is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
