@@ -348,7 +348,11 @@ def local_cache_dir(folder: str | Path, cache_dir: str | Path | None = None) -> 
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "intrada_local"
+    root = (
+        Path(cache_dir)
+        if cache_dir is not None
+        else Path(datasets.config.HF_DATASETS_CACHE) / "intrada_local"
+    )
     return root / digest.hexdigest()[:20]
 
 
