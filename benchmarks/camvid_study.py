@@ -132,7 +132,7 @@ def one_seed(seed: int, args, data: Path) -> dict:
             "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data)]  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
-    results, timing = {}, {}
+    results = {}
 
     def timed(name: str, argv: list[str]) -> None:
         folder, stage = Path(argv[argv.index("--output_dir") + 1]), argv[argv.index("--stage") + 1]
@@ -141,7 +141,7 @@ def one_seed(seed: int, args, data: Path) -> dict:
             return
         start = time.perf_counter()
         run(argv)
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+        (folder / f"{stage}_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
 
     # Source only and stage 1 (AdvEnt).
     timed(
@@ -179,7 +179,30 @@ def one_seed(seed: int, args, data: Path) -> dict:
     main_models = {k: models[k] for k in ("source only", "AdvEnt (G_inter)", "IntraDA (lambda 0.67)")}
     predictions_picture(main_models, data, out / "predictions.png")
     shutil.copy(out / "IntraDA_lambda_0.67" / "ranking" / "ranking.png", out / "ranking_gallery.png")
-    return {"seed": seed, "scores": scores, "ranking": ranking_report, "seconds": timing}
+    return {"seed": seed, "scores": scores, "ranking": ranking_report, "seconds": seed_seconds(out)}
+
+
+MAIN_RUNS = ("source_only", "advent", "IntraDA_lambda_0.67")
+
+
+def seed_seconds(out: Path) -> dict[str, float]:
+    """Wall time of every finished stage of one seed, `<run folder>/<stage>` -> seconds.
+
+    Recorded by `timed` in `<run folder>/<stage>_seconds.txt`; a stage that ran before those records
+    existed gets its time from its files (the run's config.yaml is written when a stage starts, DONE when it
+    ends), and a ranking without a record is left out (about a minute).
+    """
+    seconds = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        for stage in ("inter", "rank", "intra"):
+            record, done = folder / f"{stage}_seconds.txt", folder / stage / "DONE"
+            if record.is_file():
+                seconds[f"{folder.name}/{stage}"] = float(record.read_text())
+            elif done.is_file():
+                seconds[f"{folder.name}/{stage}"] = (
+                    done.stat().st_mtime - (folder / "config.yaml").stat().st_mtime
+                )
+    return seconds
 
 
 def table(per_seed: list[dict], iterations: int) -> str:
@@ -206,11 +229,15 @@ def table(per_seed: list[dict], iterations: int) -> str:
             miou = [r["ranking"][name][split]["mean_iou"] for r in per_seed if name in r["ranking"]]
             images = per_seed[0]["ranking"][name][split]["images"]
             lines.append(f"| {name} | {split} | {images} | {cell(accuracy)} | {cell(miou)} |")
-    seconds = [sum(r["seconds"].values()) for r in per_seed]
-    lines += [
-        "",
-        f"Training time per seed (all stages and ablations): {statistics.mean(seconds) / 60:.0f} min.",
-    ]
+    lines += ["", "Wall time per seed (training and ranking; the main runs are source only, AdvEnt, ranking and "
+              "IntraDA, the ablations the rest):", ""]  # fmt: skip
+    for r in per_seed:
+        main = sum(v for k, v in r["seconds"].items() if k.split("/")[0] in MAIN_RUNS)
+        ablations = sum(v for k, v in r["seconds"].items() if k.split("/")[0] not in MAIN_RUNS)
+        lines.append(
+            f"- seed {r['seed']}: main {main / 60:.0f} min"
+            + (f", ablations {ablations / 60:.0f} min" if ablations else "")
+        )
     return "\n".join(lines)
 
 
@@ -234,7 +261,9 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         result_file = args.output_dir / f"seed{seed}" / "result.json"
         if result_file.is_file():  # resumable: a finished seed is not run again
-            per_seed.append(json.loads(result_file.read_text()))
+            per_seed.append(
+                {**json.loads(result_file.read_text()), "seconds": seed_seconds(result_file.parent)}
+            )
             continue
         result = one_seed(seed, args, data)
         result_file.write_text(json.dumps(result, indent=2))
