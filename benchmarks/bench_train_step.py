@@ -144,10 +144,11 @@ def measure(args, names: list[str], device: torch.device) -> tuple[dict, dict]:
 def both_orders(argv: list[str]) -> tuple[dict, dict]:
     """`both`: two child processes, one building ours first, one the reference first.
 
-    On a CPU the implementation built first in a process runs measurably slower (up to 14 % in one trial;
-    the allocator's state, not the code), so one order alone favours the second. Each child alternates the
-    two iteration by iteration; the times of both children are pooled, and each implementation's peak
-    memory is taken from the child that built it first (the process peak then holds it alone).
+    On a CPU with glibc's default allocator, which of two implementations in one process pays for page
+    faults depends on the heap's history, so on the build order (14 % in one trial; the allocator, not the
+    code), and one order alone can favour either. Each child alternates the two iteration by iteration; the
+    times of both children are pooled, and each implementation's peak memory is taken from the child that
+    built it first (the process peak then holds it alone).
     """
     seconds, memory = {"ours": [], "reference": []}, {}
     for first in ("ours", "reference"):

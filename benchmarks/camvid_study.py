@@ -260,16 +260,13 @@ def main() -> None:
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         result_file = args.output_dir / f"seed{seed}" / "result.json"
-        if result_file.is_file():  # resumable: a finished seed is not run again
-            per_seed.append(
-                {**json.loads(result_file.read_text()), "seconds": seed_seconds(result_file.parent)}
-            )
-            continue
-        result = one_seed(seed, args, data)
-        result_file.write_text(json.dumps(result, indent=2))
+        if result_file.is_file():  # resumable: a finished seed (or one run apart) is read, not run again
+            result = {**json.loads(result_file.read_text()), "seconds": seed_seconds(result_file.parent)}
+        else:
+            result = one_seed(seed, args, data)
+            result_file.write_text(json.dumps(result, indent=2))
         per_seed.append(result)
         write_outputs(per_seed, args)  # after every seed: an interrupted study still leaves its table
-    write_outputs(per_seed, args)  # also when every seed was already finished (seeds run apart, then joined)
 
 
 def write_outputs(per_seed: list[dict], args) -> None:
