@@ -53,6 +53,8 @@ def main() -> None:
     rows = []
     for precision in args.precision:
         for batch_size in args.batch_size:
+            if device.type == "cuda":  # each row its own peak (on a CPU the process peak: order rows upwards)
+                torch.cuda.reset_peak_memory_stats(device)
             rank_by_entropy(model, batches(batch_size, batch_size, args.size, device), 0.67,
                             autocast_dtype=DTYPES[precision])  # warm-up  # fmt: skip
             synchronize(device)

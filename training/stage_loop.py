@@ -184,8 +184,10 @@ class AdaptationStage:
         self.generator, self.discriminators = prepared[0], list(prepared[1:])
         if settings.torch_compile:
             # Compiled wrappers around the prepared modules; state dicts and `unwrap_model` see the originals.
-            self.generator = torch.compile(self.generator)
-            self.discriminators = [torch.compile(d) for d in self.discriminators]
+            # Static shapes: source and target sizes differ, and the default (dynamic=None) answers the second
+            # size with one dynamic-shape graph, which compiled for over four minutes on an H200 (issue 7).
+            self.generator = torch.compile(self.generator, dynamic=False)
+            self.discriminators = [torch.compile(d, dynamic=False) for d in self.discriminators]
         for optimizer in self.optimizers:
             accelerator.register_for_checkpointing(optimizer)
         self.completed_steps = 0
