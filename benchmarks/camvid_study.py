@@ -2,6 +2,7 @@
 
     python benchmarks/camvid_study.py --seeds 3                       # the full study, written into docs/camvid.md
     python benchmarks/camvid_study.py --seeds 1 --iterations 100 --no_ablations --output_dir /tmp/quick
+    python benchmarks/camvid_study.py --seeds 3 --no_ablations --bn_mode reference   # BatchNorm in training mode
 
 Per seed, with `training/configs/camvid_day_to_dusk.yaml` (240x180, batch 2, every stage `--iterations` steps):
 source only; stage 1 AdvEnt (G_inter); the ranking (lambda 0.67); stage 3 IntraDA from ImageNet; and the
@@ -14,7 +15,8 @@ The ranking's quality is measured directly: G_inter's pixel accuracy and mIoU ag
 `full` configuration, for this measurement only; training reads `target_train`, which has no label column.
 
 Writes `<output_dir>/study.json`, `<output_dir>/table.md`, pictures (predictions of each stage on the same
-dusk frames; the ranking gallery), and the table into docs/camvid.md between its markers.
+dusk frames; the ranking gallery), and the table into docs/camvid.md between its markers (with `--bn_mode`,
+those of that mode's own section, and `<output_dir>` defaults to outputs/camvid_study_bn_<mode>).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from modeling_intrada.ranking import load_ranking
 
 CONFIG = ROOT / "training" / "configs" / "camvid_day_to_dusk.yaml"
 DOCS = ROOT / "docs" / "camvid.md"
-BEGIN, END = "<!-- camvid-study:begin -->", "<!-- camvid-study:end -->"
+BN_MODES = ("frozen", "reference")
 CAMVID = get_label_space("camvid")
 
 
@@ -129,7 +131,8 @@ def one_seed(seed: int, args, data: Path) -> dict:
     out = args.output_dir / f"seed{seed}"
     base = ["--config", str(CONFIG), "--seed", str(seed), "--num_iterations", str(args.iterations),
             "--max_iters", str(args.iterations), "--num_workers", "0",
-            "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data)]  # fmt: skip
+            "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data),
+            *(["--bn_mode", args.bn_mode] if args.bn_mode else [])]  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}
@@ -205,7 +208,7 @@ def seed_seconds(out: Path) -> dict[str, float]:
     return seconds
 
 
-def table(per_seed: list[dict], iterations: int) -> str:
+def table(per_seed: list[dict], iterations: int, bn_mode: str | None = None) -> str:
     names = list(dict.fromkeys(name for r in per_seed for name in r["scores"]))
 
     def cell(values: list[float]) -> str:
@@ -214,7 +217,8 @@ def table(per_seed: list[dict], iterations: int) -> str:
             return f"{values[0]:.1f}" + (" (1 seed)" if len(per_seed) > 1 else "")
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
-    lines = [f"{len(per_seed)} seed(s), {iterations} iterations per stage, batch 2 per domain, 240x180 "
+    bn = f", BatchNorm `{bn_mode}`" if bn_mode else ""
+    lines = [f"{len(per_seed)} seed(s), {iterations} iterations per stage, batch 2 per domain, 240x180{bn} "
              "(mean ± std over the seeds that ran a row).", "",
              "| model | mIoU dusk val (31) | mIoU day test (171) |", "|---|---:|---:|"]  # fmt: skip
     for name in names:
@@ -252,10 +256,19 @@ def main() -> None:
     )
     parser.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
     parser.add_argument("--built", type=Path, default=ROOT / "data" / "camvid")
-    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "camvid_study")
+    parser.add_argument(
+        "--bn_mode", choices=BN_MODES, default=None, help="override the config's BatchNorm mode (frozen)"
+    )
+    parser.add_argument(
+        "--output_dir", type=Path, default=None, help="default outputs/camvid_study[_bn_<mode>]"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_docs", action="store_true", help="do not write the table into docs/camvid.md")
     args = parser.parse_args()
+    if args.output_dir is None:
+        args.output_dir = (
+            ROOT / "outputs" / ("camvid_study" + (f"_bn_{args.bn_mode}" if args.bn_mode else ""))
+        )
     data = build_dataset(args.raw, args.built)
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -270,15 +283,22 @@ def main() -> None:
 
 
 def write_outputs(per_seed: list[dict], args) -> None:
-    markdown = table(per_seed, args.iterations)
+    markdown = table(per_seed, args.iterations, args.bn_mode)
     (args.output_dir / "study.json").write_text(json.dumps(per_seed, indent=2))
     (args.output_dir / "table.md").write_text(markdown + "\n")
     print(markdown)
     if not args.no_docs and DOCS.is_file():
         text = DOCS.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            DOCS.write_text(head + BEGIN + "\n" + markdown + "\n" + END + rest.split(END, 1)[1])
+        begin, end = markers(args.bn_mode)
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            DOCS.write_text(head + begin + "\n" + markdown + "\n" + end + rest.split(end, 1)[1])
+
+
+def markers(bn_mode: str | None) -> tuple[str, str]:
+    """The docs/camvid.md markers of the main study, or of the study with another BatchNorm mode."""
+    name = "camvid-study" + (f"-bn-{bn_mode}" if bn_mode else "")
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -48,3 +49,20 @@ def test_seed_seconds_reads_records_and_falls_back_to_file_times(tmp_path):
     os.utime(older / "inter" / "DONE", (1600.0, 1600.0))
     (tmp_path / "unfinished" / "intra").mkdir(parents=True)
     assert camvid_study.seed_seconds(tmp_path) == {"advent/inter": 123.4, "source_only/inter": 600.0}
+
+
+def test_each_batchnorm_mode_writes_its_own_docs_section(tmp_path, monkeypatch):
+    docs = tmp_path / "camvid.md"
+    docs.write_text(
+        "intro\n<!-- camvid-study:begin -->\nold main\n<!-- camvid-study:end -->\nmiddle\n"
+        "<!-- camvid-study-bn-reference:begin -->\nold reference\n<!-- camvid-study-bn-reference:end -->\nend\n"
+    )
+    monkeypatch.setattr(camvid_study, "DOCS", docs)
+    per_seed = [seed_result(0, {"source only": 0.40}, {"source_only/inter": 600.0})]
+    args = SimpleNamespace(iterations=200, bn_mode="reference", output_dir=tmp_path, no_docs=False)
+    camvid_study.write_outputs(per_seed, args)
+    text = docs.read_text()
+    assert "old main" in text and "old reference" not in text
+    assert "240x180, BatchNorm `reference`" in text.split("camvid-study-bn-reference:begin")[1]
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end -->\nend\n")
+    assert (tmp_path / "table.md").read_text().startswith("1 seed(s), 200 iterations")
