@@ -124,7 +124,7 @@ def measure(args, names: list[str], device: torch.device) -> tuple[dict, dict]:
 
     Peak memory: on a CPU the process's peak after the warm-up (the caller keeps the figure of the
     implementation built first); on CUDA the largest allocation peak over the timed steps, each step's peak
-    taken alone. The warm-up's CUDA peak means nothing: cudnn.benchmark (set by both, as the authors' code
+    measured on its own (the other implementation's weights and optimizer state stay resident). The warm-up's CUDA peak means nothing: cudnn.benchmark (set by both, as the authors' code
     does) tries algorithms with workspaces as large as the free memory (137 GB on an H200).
     """
     cuda = device.type == "cuda"

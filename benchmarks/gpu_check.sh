@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 7: one short script for a lent machine (device tool), a few minutes.
+# The prepared GPU check of issue 7: one short script for a lent machine (device tool), about 6 minutes on an H200.
 #   bash benchmarks/gpu_check.sh            # writes figures to ${OUT:-benchmarks/gpu_results}
 # Paper sizes: ResNet-101 multi-level, GTA5 source 720x1280, Cityscapes target 512x1024, 19 classes, batch 1.
 # Needs torch, transformers, accelerate, timm, huggingface_hub (not datasets or evaluate): the project runs from
