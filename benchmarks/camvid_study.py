@@ -266,9 +266,7 @@ def main() -> None:
     parser.add_argument("--no_docs", action="store_true", help="do not write the table into docs/camvid.md")
     args = parser.parse_args()
     if args.output_dir is None:
-        args.output_dir = (
-            ROOT / "outputs" / ("camvid_study" + (f"_bn_{args.bn_mode}" if args.bn_mode else ""))
-        )
+        args.output_dir = ROOT / "outputs" / study_name(args.bn_mode)
     data = build_dataset(args.raw, args.built)
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -295,9 +293,14 @@ def write_outputs(per_seed: list[dict], args) -> None:
             DOCS.write_text(head + begin + "\n" + markdown + "\n" + end + rest.split(end, 1)[1])
 
 
+def study_name(bn_mode: str | None) -> str:
+    """`camvid_study`, or `camvid_study_bn_<mode>` for the study with another BatchNorm mode."""
+    return "camvid_study" + (f"_bn_{bn_mode}" if bn_mode else "")
+
+
 def markers(bn_mode: str | None) -> tuple[str, str]:
-    """The docs/camvid.md markers of the main study, or of the study with another BatchNorm mode."""
-    name = "camvid-study" + (f"-bn-{bn_mode}" if bn_mode else "")
+    """The docs/camvid.md markers of that study's section (`camvid-study-bn-reference`, ...)."""
+    name = study_name(bn_mode).replace("_", "-")
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
