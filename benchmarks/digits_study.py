@@ -10,7 +10,8 @@ each run's wall time) between the markers of `docs/digits.md`, and `study.json` 
 
 Datasets missing under `--data_dir` are built first from `--raw_dir` with `dataset_scripts/digits.py`. Runs
 whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them). Extra options after
-`--` go to every pipeline run, e.g. `-- --num_threads 1`.
+`--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N` runs N pipelines at once, each writing
+its output to `run.log` in its folder; give each one thread (`-- --num_threads 1`) so N jobs share N cores.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -65,9 +67,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--docs", type=Path, default=ROOT / "docs" / "digits.md", help="file with the markers"
     )
     parser.add_argument("--overwrite", action="store_true", help="re-run seeds that already have results")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="pipeline runs at once (each logs to its run.log)"
+    )
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("a standard deviation needs at least two seeds")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     return args, extra
 
 
@@ -87,7 +94,10 @@ def ensure_dataset(name: str, raw_dir: Path, data_dir: Path) -> Path:
 
 
 def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
-    """One pipeline run (all stages) for `setting` and `seed`; returns its metrics and wall time."""
+    """One pipeline run (all stages) for `setting` and `seed`; returns its metrics and wall time.
+
+    With `--jobs` above 1 the run's output goes to `run.log` in its folder rather than to the terminal.
+    """
     source, target, _ = SETTINGS[setting]
     out = args.output_dir / setting / f"seed_{seed}"
     metrics_file, time_file = out / "eval" / "metrics.json", out / "wall_time_s.txt"
@@ -103,7 +113,17 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
     if args.overwrite or not metrics_file.is_file():
         print(f"[digits study] {setting} seed {seed}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
-        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if args.jobs == 1:
+            subprocess.run(command, check=True, cwd=ROOT, env=env)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "run.log", "w") as log:
+                done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"{setting} seed {seed} failed (exit {done.returncode}); see {out / 'run.log'}"
+                )
         time_file.write_text(f"{time.perf_counter() - start:.1f}\n")
     metrics = json.loads(metrics_file.read_text())
     by_stage = {row["stage"]: row["target_accuracy"] for row in metrics["models"].values()}
@@ -168,9 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     for setting in args.settings:
         for name in SETTINGS[setting][:2]:
             ensure_dataset(name, args.raw_dir, args.data_dir)
-    study = {
-        setting: [run_seed(setting, seed, args, extra) for seed in args.seeds] for setting in args.settings
-    }
+    runs = [(setting, seed) for setting in args.settings for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(lambda run: run_seed(*run, args, extra), runs))
+    study = {setting: [r for (s, _), r in zip(runs, results) if s == setting] for setting in args.settings}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "study.json").write_text(json.dumps(study, indent=2) + "\n")
     table = markdown(study, args.settings, argv)

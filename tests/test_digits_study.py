@@ -57,3 +57,36 @@ def test_study_errors(tmp_path):
         digits_study.ensure_dataset("usps", tmp_path / "raw", tmp_path / "data")
     with pytest.raises(SystemExit):
         digits_study.parse_args(["--seeds", "1"])
+
+
+def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
+    outputs, docs = tmp_path / "outputs", tmp_path / "digits.md"
+    docs.write_text(f"{digits_study.BEGIN}\n{digits_study.END}\n")
+    for name in ("usps", "mnist"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "README.md").write_text("built")
+    fake_run(outputs, "usps_to_mnist", 1, (60.0, 90.0, 96.0))  # done before: read, not re-run
+    launched = []
+
+    def pipeline(command, cwd, env, stdout, stderr):  # stands in for one run_intrada.py process
+        seed = int(command[command.index("--seed") + 1])
+        launched.append(seed)
+        stdout.write(f"training seed {seed}\n")
+        out = Path(command[command.index("--output_dir") + 1])
+        models = {n: {"stage": s, "target_accuracy": 90.0 + seed} for s, n, _ in digits_study.ROWS}
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "metrics.json").write_text(json.dumps({"models": models}))
+        return digits_study.subprocess.CompletedProcess(command, 3 if seed == 9 else 0)
+
+    monkeypatch.setattr(digits_study.subprocess, "run", pipeline)
+    argv = ["--settings", "usps_to_mnist", "--data_dir", str(tmp_path / "data"), "--output_dir", str(outputs)]
+    argv += ["--docs", str(docs), "--jobs", "2", "--seeds"]
+    study = digits_study.main([*argv, "1", "2", "3"])
+    assert sorted(launched) == [2, 3]
+    assert [run["seed"] for run in study["usps_to_mnist"]] == [1, 2, 3]  # in the order asked, not finished
+    assert [run["accuracy"]["intra"] for run in study["usps_to_mnist"]] == [96.0, 92.0, 93.0]
+    assert (outputs / "usps_to_mnist" / "seed_3" / "run.log").read_text() == "training seed 3\n"
+    with pytest.raises(RuntimeError, match=r"seed 9 failed \(exit 3\); see .*seed_9/run.log"):
+        digits_study.main([*argv, "1", "9"])
+    with pytest.raises(SystemExit):
+        digits_study.parse_args(["--jobs", "0"])
