@@ -8,6 +8,8 @@ which is the only thing the frameworks differ in:
 - `advent`: the weighted self-information map `-p log2 p / log2 C` (C channels), the paper's default;
 - `adaptsegnet`: the softmax;
 - `feature`: the generator's features (feature-level alignment, as for digits);
+- `scores`: a classifier's raw class scores (the logits), what CyCADA's released ADDA code feeds its
+  discriminator (classifiers only);
 - `minent`: no discriminator, the entropy itself is minimised;
 - `source_only`: no adaptation term.
 """
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 
 from .losses import IGNORE_INDEX, entropy_loss, segmentation_loss, upsample_logits, weighted_self_information
 
-FRAMEWORKS = ("advent", "adaptsegnet", "minent", "source_only", "feature")
-DISCRIMINATOR_FRAMEWORKS = ("advent", "adaptsegnet", "feature")
+FRAMEWORKS = ("advent", "adaptsegnet", "minent", "source_only", "feature", "scores")
+DISCRIMINATOR_FRAMEWORKS = ("advent", "adaptsegnet", "feature", "scores")
+CLASSIFIER_FRAMEWORKS = ("feature", "scores")  # what a classifier's output has, not a segmentation map's
 # Domain labels of the discriminators: 0 = source (or easy split), 1 = target (or hard split).
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
@@ -84,8 +87,11 @@ class SegmentationTask:
 
     def __post_init__(self) -> None:
         check_framework(self.framework)
-        if self.framework == "feature":
-            raise ValueError("the 'feature' framework is for classifiers; segmentation aligns output maps")
+        if self.framework in CLASSIFIER_FRAMEWORKS:
+            raise ValueError(
+                f"the {self.framework!r} framework is for classifiers; segmentation aligns output maps "
+                "(advent or adaptsegnet)"
+            )
 
     @property
     def level_names(self) -> list[str]:
@@ -134,6 +140,8 @@ def discriminator_input(output: LevelOutput, framework: str) -> torch.Tensor:
         if output.features is None:
             raise ValueError("the 'feature' framework needs a generator that returns features")
         return output.features.float()
+    if framework == "scores":
+        return output.logits.float()
     raise ValueError(f"framework {framework!r} has no discriminator")
 
 
@@ -142,8 +150,9 @@ class ClassificationTask:
     """A digit classifier in the stage loop (SPEC 8): one level, cross-entropy, and what D sees.
 
     With `framework="feature"` (ADDA-like, the feature-level part of CyCADA) the discriminator judges the
-    classifier's `features`; `advent` and `adaptsegnet` give it the weighted self-information or the softmax
-    of the (batch, C) logits instead, and `minent` / `source_only` work as for segmentation.
+    classifier's `features`; `scores` gives it the (batch, C) logits themselves (as CyCADA's released ADDA
+    code does), `advent` and `adaptsegnet` their weighted self-information or softmax, and `minent` /
+    `source_only` work as for segmentation.
 
     Args:
         framework: one of `FRAMEWORKS`; `feature` for the paper's digits experiments.
@@ -178,7 +187,7 @@ class ClassificationTask:
         return self.supervised_weight * F.cross_entropy(outputs[0].logits.float(), labels.long())
 
     def discriminator_input(self, output: LevelOutput) -> torch.Tensor:
-        """The vector a discriminator sees, in float32: features, or a function of the logits."""
+        """The vector a discriminator sees, in float32: features, the logits, or a function of them."""
         return discriminator_input(output, self.framework)
 
     def minent_loss(self, outputs: Sequence[LevelOutput]) -> torch.Tensor:

@@ -93,6 +93,8 @@ def test_classification_task():
     assert task.discriminator_input(output).shape == (4, 500)
     advent = ClassificationTask(framework="advent").discriminator_input(output)
     assert advent.shape == (4, 10) and torch.allclose(advent, weighted_self_information(output.logits))
+    scores = ClassificationTask(framework="scores").discriminator_input(output)  # CyCADA's ADDA: the logits
+    assert torch.equal(scores, output.logits)
     loss = task.supervised_loss([output], torch.tensor([1, 2, 3, 4]))
     assert torch.isclose(loss, torch.nn.functional.cross_entropy(output.logits, torch.tensor([1, 2, 3, 4])))
     assert task.minent_loss([output]).ndim == 0

@@ -332,3 +332,9 @@ def test_tensorboard_logs_losses_and_pictures(tmp_path):
         events.Tags()["scalars"]
     )
     assert "prediction" in events.Tags()["images"] and len(events.Images("prediction")) == 2
+
+
+@pytest.mark.parametrize("framework", ["feature", "scores"])
+def test_segmentation_refuses_the_classifier_frameworks(framework):
+    with pytest.raises(ValueError, match=f"'{framework}' framework is for classifiers"):
+        SegmentationTask(framework=framework)

@@ -71,6 +71,7 @@ STAGES = ("source", "inter", "rank", "intra", "eval", "all")
 DONE_FILE = "DONE"
 FRAMEWORK_NAMES = {
     "feature": "feature-level CyCADA",
+    "scores": "feature-level CyCADA on class scores",
     "advent": "AdvEnt on class scores",
     "adaptsegnet": "softmax alignment",
     "minent": "MinEnt",
@@ -125,7 +126,8 @@ class DigitsTrainingArguments:
     framework: str = field(
         default="feature",
         metadata={
-            "help": "stage 1: feature (feature-level CyCADA) | advent | adaptsegnet | minent | source_only"
+            "help": "stage 1: feature (feature-level CyCADA: D on the features) | scores (D on the class scores, "
+            "as CyCADA's code) | advent | adaptsegnet | minent | source_only"
         },
     )
     intra_framework: str | None = field(default=None, metadata={"help": "stage 3 (default: as stage 1)"})
@@ -329,7 +331,7 @@ class DigitsRun:
     def new_discriminator(self, framework: str, seed: int) -> FeatureDiscriminator:
         set_seed(seed + 1)
         c = self.classifier_config
-        # feature: the classifier's features; advent / adaptsegnet: a vector over the classes.
+        # feature: the classifier's features; scores / advent / adaptsegnet: a vector over the classes.
         size = c.feature_size if framework == "feature" else c.num_labels
         return FeatureDiscriminator(FeatureDiscriminatorConfig(input_size=size))
 
