@@ -137,6 +137,9 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     assert "| source only |" in (out / "eval" / "results.md").read_text()
     card = (out / "intra" / "model" / "README.md").read_text()
     assert "feature-level CyCADA" in card and "IntraDA stage 3" in card and "| target:" in card
+    assert "500-d features" in card and "- feature-level-cycada" in card
+    source_card = (out / "source" / "model" / "README.md").read_text()
+    assert "no adaptation: no adaptation term" in source_card and "- source-only" in source_card
 
     # config.yaml holds every option and runs again: here the evaluation alone.
     saved = yaml.safe_load((out / "config.yaml").read_text())

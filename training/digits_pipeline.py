@@ -595,6 +595,16 @@ def eval_stage(run: DigitsRun) -> dict[str, dict]:
     return results
 
 
+FRAMEWORK_DETAILS = {
+    "feature": "a discriminator on the classifier's {c.feature_size}-d features (ADDA-like); CyCADA's "
+    "pixel-level (CycleGAN) part is not implemented",
+    "scores": "a discriminator on the classifier's {c.num_labels} class scores, as CyCADA's released ADDA "
+    "code; CyCADA's pixel-level (CycleGAN) part is not implemented",
+    "advent": "a discriminator on the weighted self-information of the class scores",
+    "adaptsegnet": "a discriminator on the softmax of the class scores",
+    "minent": "entropy minimisation on the target, no discriminator",
+    "source_only": "no adaptation term",
+}
 STAGE_DESCRIPTIONS = {
     "source": "trained on the labelled source only (the baseline, and the start of stage 1)",
     "inter": "IntraDA stage 1 (G_inter): source vs target, {framework}",
@@ -605,11 +615,17 @@ STAGE_DESCRIPTIONS = {
 def model_card(run: DigitsRun, name: str, row: dict, metrics: dict) -> str:
     """A model card (README.md) for one trained classifier, with its measured accuracy."""
     a, d, c = run.args, run.data_args, run.classifier_config
-    framework = FRAMEWORK_NAMES[
-        (a.intra_framework or a.framework) if row["stage"] == "intra" else a.framework
-    ]
+    framework_key = {
+        "source": "source_only",
+        "inter": a.framework,
+        "intra": a.intra_framework or a.framework,
+    }[row["stage"]]
+    framework = FRAMEWORK_NAMES[framework_key]
     stage = STAGE_DESCRIPTIONS[row["stage"]].format(framework=framework)
     source, target = Path(d.source_dataset).name, Path(d.target_dataset).name
+    tag = (
+        "feature-level-cycada" if framework_key in ("feature", "scores") else framework_key.replace("_", "-")
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: image-classification
@@ -617,7 +633,7 @@ tags:
 - intrada
 - domain-adaptation
 - digits
-- feature-level-cycada
+- {tag}
 metrics:
 - accuracy
 ---
@@ -628,8 +644,7 @@ Unsupervised domain adaptation of digit classifiers with IntraDA (Pan et al., CV
 as implemented by the `intrada-hf` project (`training/digits_pipeline.py`, docs/digits.md).
 
 - **Stage:** {stage}.
-- **Framework:** feature-level CyCADA: a discriminator on the classifier's {c.feature_size}-d features
-  (ADDA-like); CyCADA's pixel-level (CycleGAN) part is not implemented.
+- **Framework:** {framework}: {FRAMEWORK_DETAILS[framework_key].format(c=c)}.
 - **Architecture:** `DigitClassifier` ({c.architecture}), input {c.num_channels}x{c.image_size}x{c.image_size},
   `pixel_values = (x / 255 - 0.5) / 0.5`. USPS 16x16 digits are resized bilinearly to the input size.
 - **Seed:** {a.seed}.
