@@ -116,8 +116,8 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     results = run_intrada_main(argv)  # `task: digits` is dispatched to the digits pipeline
     assert set(results) == {
         "source only",
-        "inter-domain only (G_inter, feature-level CyCADA on class scores)",
-        "IntraDA (G_intra, feature-level CyCADA on class scores)",
+        "inter-domain only (G_inter, feature-level CyCADA)",
+        "IntraDA (G_intra, feature-level CyCADA)",
     }
     for stage in ("source", "inter", "intra"):
         assert (out / stage / "model" / "config.json").is_file() and (
@@ -137,7 +137,7 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     assert "| source only |" in (out / "eval" / "results.md").read_text()
     card = (out / "intra" / "model" / "README.md").read_text()
     assert "feature-level CyCADA" in card and "IntraDA stage 3" in card and "| target:" in card
-    assert "10 class scores, as CyCADA's released ADDA code" in card and "- feature-level-cycada" in card
+    assert "500-d features" in card and "- feature-level-cycada" in card
     source_card = (out / "source" / "model" / "README.md").read_text()
     assert "no adaptation: no adaptation term" in source_card and "- source-only" in source_card
 
@@ -178,7 +178,7 @@ def test_shipped_configs():
         model_args, data_args, args = parse_digits_arguments(["--config", str(CONFIGS / name)])
         assert model_args.architecture == architecture
         assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
-        assert args.framework == "scores" and args.lambda_easy == 0.8  # D on the class scores, as CyCADA
+        assert args.framework == "feature" and args.lambda_easy == 0.8
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
 
 
@@ -206,8 +206,9 @@ def test_option_errors(tmp_path, datasets_dir):
 @pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_thread):
     """`accelerate launch` with 2 CPU processes: sharded streams, ranking and evaluation, checkpoints; the
-    ranking and the accuracies equal a one-process recomputation with the same models. The `feature`
-    framework is the one DDP needs told about (its adversarial loss never reaches the last layer)."""
+    ranking and the accuracies equal a one-process recomputation with the same models. The configs'
+    `feature` framework is the one DDP needs told about (its adversarial loss never reaches the last
+    layer)."""
     import os
     import subprocess
     import sys
@@ -221,7 +222,6 @@ def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_th
         "--target_dataset", str(datasets_dir / "usps"),
         "--max_target_samples", "39",  # odd: the processes get different numbers of ranking batches
         "--output_dir", str(out),
-        "--framework", "feature",
         *TINY,
     ]  # fmt: skip
     command = [
