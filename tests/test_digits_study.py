@@ -13,11 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import digits_study
 
 
-def fake_run(root: Path, setting: str, seed: int, accuracies: tuple[float, float, float]) -> None:
+def fake_run(
+    root: Path, setting: str, seed: int, accuracies: tuple[float, float, float], on_source: float = 99.0
+) -> None:
     out = root / setting / f"seed_{seed}"
     (out / "eval").mkdir(parents=True)
     models = {
-        name: {"stage": stage, "target_accuracy": value, "source_accuracy": 99.0}
+        name: {"stage": stage, "target_accuracy": value, "source_accuracy": on_source}
         for (stage, name, _), value in zip(digits_study.ROWS, accuracies)
     }
     (out / "eval" / "metrics.json").write_text(json.dumps({"models": models}))
@@ -45,6 +47,7 @@ def test_study_reads_runs_and_writes_the_table(tmp_path, monkeypatch):
     assert "| source only | 71.0 ± 1.4 | 82.2 ± 0.8 (source only) |" in text
     assert "| IntraDA (G_intra) | 96.0 ± 1.4 | 95.8 ± 0.1 (IntraDA) |" in text
     assert "seed 2: 72.00 / 92.00 / 97.00 (5.0 min)" in text
+    assert "target only" not in text  # needs the reverse setting
     assert json.loads((outputs / "study.json").read_text())["mnist_to_usps"][0]["seed"] == 1
 
 
@@ -73,7 +76,10 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
         launched.append(seed)
         stdout.write(f"training seed {seed}\n")
         out = Path(command[command.index("--output_dir") + 1])
-        models = {n: {"stage": s, "target_accuracy": 90.0 + seed} for s, n, _ in digits_study.ROWS}
+        models = {
+            n: {"stage": s, "target_accuracy": 90.0 + seed, "source_accuracy": 99.0}
+            for s, n, _ in digits_study.ROWS
+        }
         (out / "eval").mkdir(parents=True)
         (out / "eval" / "metrics.json").write_text(json.dumps({"models": models}))
         return digits_study.subprocess.CompletedProcess(command, 3 if seed == 9 else 0)
@@ -90,3 +96,19 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
         digits_study.main([*argv, "1", "9"])
     with pytest.raises(SystemExit):
         digits_study.parse_args(["--jobs", "0"])
+
+
+def test_target_only_row_comes_from_the_reverse_setting(tmp_path):
+    outputs = tmp_path / "outputs"
+    for seed, on_source in ((1, 96.0), (2, 97.0)):  # USPS-trained models on the USPS test set
+        fake_run(outputs, "usps_to_mnist", seed, (60.0, 90.0, 95.0), on_source=on_source)
+        fake_run(outputs, "mnist_to_usps", seed, (70.0, 90.0, 94.0), on_source=99.0)
+    docs = tmp_path / "digits.md"
+    docs.write_text(f"{digits_study.BEGIN}\n{digits_study.END}\n")
+    for name in ("mnist", "usps"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "README.md").write_text("built")
+    argv = ["--settings", "mnist_to_usps", "usps_to_mnist", "--seeds", "1", "2", "--docs", str(docs)]
+    digits_study.main([*argv, "--data_dir", str(tmp_path / "data"), "--output_dir", str(outputs)])
+    row = "| target only: supervised on the target's labels (an upper reference) | 96.5 ± 0.7 | – | 99.0 ± 0.0 | – |"
+    assert row in docs.read_text()
