@@ -116,8 +116,8 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     results = run_intrada_main(argv)  # `task: digits` is dispatched to the digits pipeline
     assert set(results) == {
         "source only",
-        "inter-domain only (G_inter, feature-level CyCADA)",
-        "IntraDA (G_intra, feature-level CyCADA)",
+        "inter-domain only (G_inter, feature-level CyCADA on class scores)",
+        "IntraDA (G_intra, feature-level CyCADA on class scores)",
     }
     for stage in ("source", "inter", "intra"):
         assert (out / stage / "model" / "config.json").is_file() and (
@@ -137,7 +137,7 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     assert "| source only |" in (out / "eval" / "results.md").read_text()
     card = (out / "intra" / "model" / "README.md").read_text()
     assert "feature-level CyCADA" in card and "IntraDA stage 3" in card and "| target:" in card
-    assert "500-d features" in card and "- feature-level-cycada" in card
+    assert "10 class scores, as CyCADA's released ADDA code" in card and "- feature-level-cycada" in card
     source_card = (out / "source" / "model" / "README.md").read_text()
     assert "no adaptation: no adaptation term" in source_card and "- source-only" in source_card
 
@@ -166,19 +166,23 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
     assert model.config.architecture == "dtn" and model.config.num_channels == 3
     summary = json.loads((out / "ranking" / "ranking.json").read_text())
     assert (summary["num_easy"], summary["num_hard"]) == (20, 20)
+    assert (
+        "a discriminator on the classifier's 512-d features"
+        in (out / "inter" / "model" / "README.md").read_text()
+    )
 
 
 def test_shipped_configs():
-    expected = {
-        "digits_mnist_to_usps.yaml": ("lenet", "mnist", "usps"),
-        "digits_usps_to_mnist.yaml": ("lenet", "usps", "mnist"),
-        "digits_svhn_to_mnist.yaml": ("dtn", "svhn", "mnist"),
+    expected = {  # the discriminator's input and weight as measured best per setting (docs/digits.md)
+        "digits_mnist_to_usps.yaml": ("lenet", "mnist", "usps", "scores", 0.3),
+        "digits_usps_to_mnist.yaml": ("lenet", "usps", "mnist", "feature", 1.0),
+        "digits_svhn_to_mnist.yaml": ("dtn", "svhn", "mnist", "feature", 0.1),
     }
-    for name, (architecture, source, target) in expected.items():
+    for name, (architecture, source, target, framework, adv_weight) in expected.items():
         model_args, data_args, args = parse_digits_arguments(["--config", str(CONFIGS / name)])
         assert model_args.architecture == architecture
         assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
-        assert args.framework == "feature" and args.lambda_easy == 0.8
+        assert (args.framework, args.adv_weight, args.lambda_easy) == (framework, adv_weight, 0.8)
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
 
 
@@ -206,9 +210,8 @@ def test_option_errors(tmp_path, datasets_dir):
 @pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_thread):
     """`accelerate launch` with 2 CPU processes: sharded streams, ranking and evaluation, checkpoints; the
-    ranking and the accuracies equal a one-process recomputation with the same models. The configs'
-    `feature` framework is the one DDP needs told about (its adversarial loss never reaches the last
-    layer)."""
+    ranking and the accuracies equal a one-process recomputation with the same models. With the `feature`
+    framework (USPS->MNIST's) DDP must be told that the adversarial loss never reaches the last layer."""
     import os
     import subprocess
     import sys
@@ -222,6 +225,7 @@ def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_th
         "--target_dataset", str(datasets_dir / "usps"),
         "--max_target_samples", "39",  # odd: the processes get different numbers of ranking batches
         "--output_dir", str(out),
+        "--framework", "feature",
         *TINY,
     ]  # fmt: skip
     command = [
