@@ -158,7 +158,8 @@ def markdown(study: dict, settings: list[str], argv: list[str]) -> str:
             cells.append(f"{mean_std(values)} | {paper_mean} ± {paper_std} ({paper_row})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     target_only = [TARGET_ONLY.get(s) for s in settings]
-    if all(other in study for other in target_only):
+    has_target_only = all(other in study for other in target_only)
+    if has_target_only:
         # The reverse setting's source-only model is trained on this setting's target, labels included.
         cells = [
             f"{mean_std([run['source_test_accuracy']['source'] for run in study[other]])} | –"
@@ -191,7 +192,7 @@ def markdown(study: dict, settings: list[str], argv: list[str]) -> str:
         + (
             " The target-only row is the other direction's source-only model (trained with labels on this "
             "target's training set, same steps) on this target's test set; the paper has no such row."
-            if all(other in study for other in target_only)
+            if has_target_only
             else ""
         ),
     ]

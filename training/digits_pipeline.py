@@ -61,7 +61,7 @@ from modeling_intrada import (
     FeatureDiscriminator,
     FeatureDiscriminatorConfig,
 )
-from modeling_intrada.adaptation import ClassificationTask, check_framework
+from modeling_intrada.adaptation import CLASSIFIER_FRAMEWORKS, ClassificationTask, check_framework
 from modeling_intrada.labels import DIGITS
 from modeling_intrada.ranking import check_lambda, load_ranking, rank_by_entropy, save_ranking
 
@@ -615,16 +615,12 @@ STAGE_DESCRIPTIONS = {
 def model_card(run: DigitsRun, name: str, row: dict, metrics: dict) -> str:
     """A model card (README.md) for one trained classifier, with its measured accuracy."""
     a, d, c = run.args, run.data_args, run.classifier_config
-    framework_key = {
-        "source": "source_only",
-        "inter": a.framework,
-        "intra": a.intra_framework or a.framework,
-    }[row["stage"]]
+    framework_key = run.settings(row["stage"]).framework
     framework = FRAMEWORK_NAMES[framework_key]
     stage = STAGE_DESCRIPTIONS[row["stage"]].format(framework=framework)
     source, target = Path(d.source_dataset).name, Path(d.target_dataset).name
     tag = (
-        "feature-level-cycada" if framework_key in ("feature", "scores") else framework_key.replace("_", "-")
+        "feature-level-cycada" if framework_key in CLASSIFIER_FRAMEWORKS else framework_key.replace("_", "-")
     )
     return f"""---
 library_name: transformers
