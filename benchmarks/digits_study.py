@@ -4,12 +4,15 @@ For every setting and seed it runs the digits pipeline once (`training/run_intra
 training/configs/digits_<setting>.yaml --seed S`): that one run trains the source-only classifier, G_inter
 (feature-level CyCADA) and G_intra (IntraDA), and its evaluation reports all three on the target test set.
 It then writes a markdown table (mean +- sample standard deviation over the seeds, the per-seed values and
-each run's wall time) between the markers of `docs/digits.md`, and `study.json` in the output folder.
+each run's wall time) between the markers of `docs/digits.md` (`<!-- digits-study:begin -->` and its `end`;
+`--marker NAME` writes between `<!-- NAME:begin -->` and `<!-- NAME:end -->` instead), and `study.json` in the
+output folder.
 
     python benchmarks/digits_study.py --settings mnist_to_usps usps_to_mnist --seeds 1 2 3
 
 Datasets missing under `--data_dir` are built first from `--raw_dir` with `dataset_scripts/digits.py`. Runs
-whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them). Extra options after
+whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them); a run made with another
+command line (recorded in its `command.json`) is refused rather than read. Extra options after
 `--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N` runs N pipelines at once, each writing
 its output to `run.log` in its folder; give each one thread (`-- --num_threads 1`) so N jobs share N cores.
 """
@@ -30,7 +33,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- digits-study:begin -->", "<!-- digits-study:end -->"
+DEFAULT_MARKER = "digits-study"
+
+
+def markers(name: str = DEFAULT_MARKER) -> tuple[str, str]:
+    """The HTML comments that delimit a study table in the docs."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+BEGIN, END = markers()
 SETTINGS = {
     "mnist_to_usps": ("mnist", "usps", "MNIST→USPS"),
     "usps_to_mnist": ("usps", "mnist", "USPS→MNIST"),
@@ -68,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument(
         "--docs", type=Path, default=ROOT / "docs" / "digits.md", help="file with the markers"
     )
+    parser.add_argument(
+        "--marker",
+        default=DEFAULT_MARKER,
+        help="the table goes between <!-- MARKER:begin --> and <!-- MARKER:end --> in --docs",
+    )
     parser.add_argument("--overwrite", action="store_true", help="re-run seeds that already have results")
     parser.add_argument(
         "--jobs", type=int, default=1, help="pipeline runs at once (each logs to its run.log)"
@@ -103,6 +119,7 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
     source, target, _ = SETTINGS[setting]
     out = args.output_dir / setting / f"seed_{seed}"
     metrics_file, time_file = out / "eval" / "metrics.json", out / "wall_time_s.txt"
+    command_file = out / "command.json"
     command = [
         sys.executable, str(ROOT / "training" / "run_intrada.py"),
         "--config", str(ROOT / "training" / "configs" / f"digits_{setting}.yaml"),
@@ -112,6 +129,13 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
         "--seed", str(seed),
         *extra,
     ]  # fmt: skip
+    if not args.overwrite and metrics_file.is_file() and command_file.is_file():
+        made_with = json.loads(command_file.read_text())
+        if made_with != command:
+            raise ValueError(
+                f"{out} holds a run made with another command:\n  {' '.join(made_with)}\nnot\n  "
+                f"{' '.join(command)}\npass --overwrite to re-run it, or another --output_dir"
+            )
     if args.overwrite or not metrics_file.is_file():
         print(f"[digits study] {setting} seed {seed}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
@@ -127,6 +151,7 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
                     f"{setting} seed {seed} failed (exit {done.returncode}); see {out / 'run.log'}"
                 )
         time_file.write_text(f"{time.perf_counter() - start:.1f}\n")
+        command_file.write_text(json.dumps(command) + "\n")
     metrics = json.loads(metrics_file.read_text())
     by_stage = {row["stage"]: row["target_accuracy"] for row in metrics["models"].values()}
     on_source = {row["stage"]: row["source_accuracy"] for row in metrics["models"].values()}
@@ -199,14 +224,15 @@ def markdown(study: dict, settings: list[str], argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between BEGIN and END in `path` with `text`."""
+def write_between_markers(path: Path, text: str, marker: str = DEFAULT_MARKER) -> None:
+    """Replace what lies between `<!-- marker:begin -->` and `<!-- marker:end -->` in `path` with `text`."""
     content = path.read_text()
-    if BEGIN not in content or END not in content:
-        raise ValueError(f"{path} lacks the markers {BEGIN} ... {END} that delimit the study table")
-    before, rest = content.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    path.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+    begin, end = markers(marker)
+    if begin not in content or end not in content:
+        raise ValueError(f"{path} lacks the markers {begin} ... {end} that delimit the study table")
+    before, rest = content.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{begin}\n{text}\n{end}{after}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -223,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "study.json").write_text(json.dumps(study, indent=2) + "\n")
     table = markdown(study, args.settings, argv)
-    write_between_markers(args.docs, table)
+    write_between_markers(args.docs, table, args.marker)
     print(table)
     return study
 

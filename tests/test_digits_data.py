@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from digits_data import DigitsSplit, load_digits, pixel_values, to_network_input
+from digits_data import DigitsSplit, RandomAffine, load_digits, pixel_values, to_network_input
 from digits_fixtures import build, digit_images, raw_mnist, raw_svhn, raw_usps
 from PIL import Image
 
@@ -70,6 +70,52 @@ def test_pixel_values_and_views(built):
     assert sub.ids == [split.ids[2], split.ids[0]] and sub[0]["labels"] == 7 and sub[1]["index"] == 1
     assert torch.equal(sub.images[0], split.images[2])
     assert sub.image(0).size == (28, 28)
+
+
+def square(size: int = 28, half: int = 2) -> torch.Tensor:
+    """A white square of side 2 * half at the centre of a black (C=1) frame, in pixel values."""
+    image = torch.full((1, size, size), -1.0)
+    image[:, size // 2 - half : size // 2 + half, size // 2 - half : size // 2 + half] = 1.0
+    return image
+
+
+def test_random_affine_geometry():
+    import random
+
+    # Zoom 1.5, no rotation or shift: a 4x4 square becomes 6x6, still centred.
+    zoomed = RandomAffine(degrees=0, translate=0, scale=(1.5, 1.5))(square(), random.Random(0))
+    assert zoomed.shape == (1, 28, 28) and int((zoomed > 0).sum()) == 36
+    rows, cols = (zoomed[0] > 0).nonzero(as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (11, 16, 11, 16)
+    # Identity parameters give the image back; a pure shift moves the mass by at most translate * side.
+    same = RandomAffine(degrees=0, translate=0, scale=(1, 1))(square(), random.Random(0))
+    assert torch.allclose(same, square(), atol=1e-5)
+    shifted = RandomAffine(degrees=0, translate=0.1, scale=(1, 1))(square(), random.Random(3))
+    centre = ((shifted[0] + 1).nonzero().float().mean(dim=0) - 13.5).abs()
+    assert float(centre.max()) <= 2.8 + 1e-4 and float(centre.max()) > 0.1
+    # The border repeats: a frame that is background everywhere stays background.
+    blank = torch.full((1, 28, 28), -1.0)
+    assert torch.allclose(RandomAffine(30, 0.2, (0.7, 1.4))(blank, random.Random(1)), blank, atol=1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        RandomAffine(scale=(1.2, 0.8))
+    with pytest.raises(ValueError, match="translate"):
+        RandomAffine(translate=1.5)
+
+
+def test_augmented_split_is_keyed_by_seed_epoch_and_id(built):
+    split = load_digits(built["mnist"], "train", 28, 1, max_samples=6)
+    augmented = split.augmented(RandomAffine(15, 0.1, (0.8, 1.2)), seed=4)
+    first = augmented[2]
+    assert first["labels"] == split[2]["labels"] and first["id"] == split.ids[2]
+    assert not torch.equal(first["pixel_values"], split[2]["pixel_values"])
+    assert torch.equal(augmented[2]["pixel_values"], first["pixel_values"])  # same (seed, epoch, id)
+    augmented.set_epoch(1)
+    assert not torch.equal(augmented[2]["pixel_values"], first["pixel_values"])
+    again = split.augmented(RandomAffine(15, 0.1, (0.8, 1.2)), seed=4)  # another copy, same draws
+    assert torch.equal(again[2]["pixel_values"], first["pixel_values"])
+    assert torch.equal(augmented.without_labels().images, split.images)  # the stored images never change
+    assert augmented.subset([2]).augmentation is None
+    assert split.augmented(None, seed=4)[2]["pixel_values"].equal(split[2]["pixel_values"])
 
 
 def test_errors(tmp_path, built):

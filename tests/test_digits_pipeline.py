@@ -203,6 +203,12 @@ def test_option_errors(tmp_path, datasets_dir):
         parse_digits_arguments([*base, "--max_test_samples", "0"])
     with pytest.raises(ValueError, match="source_num_iterations is 0"):
         parse_digits_arguments([*base, "--source_num_iterations", "0"])
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        parse_digits_arguments([*base, "--augmentation", "mixup"])
+    with pytest.raises(ValueError, match="affine_scale takes two numbers"):
+        parse_digits_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.1"])
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        parse_digits_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.2", "0.9"])
     with pytest.raises(FileNotFoundError, match="run --stage source first"):
         digits_main([*base, "--stage", "inter", "--output_dir", str(tmp_path / "empty"), *TINY[:2]])
 

@@ -94,6 +94,21 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
     assert (outputs / "usps_to_mnist" / "seed_3" / "run.log").read_text() == "training seed 3\n"
     with pytest.raises(RuntimeError, match=r"seed 9 failed \(exit 3\); see .*seed_9/run.log"):
         digits_study.main([*argv, "1", "9"])
+    # A finished run remembers its command: asking for other options refuses to read it as if it matched.
+    assert json.loads((outputs / "usps_to_mnist" / "seed_2" / "command.json").read_text())[-2:] == [
+        "--seed",
+        "2",
+    ]
+    with pytest.raises(ValueError, match="holds a run made with another command"):
+        digits_study.main([*argv, "2", "3", "--", "--adv_weight", "0.5"])
+    # --marker writes between other markers of the same file, leaving the default table alone.
+    begin, end = digits_study.markers("digits-study-ablation")
+    docs.write_text(f"{digits_study.BEGIN}\nmain\n{digits_study.END}\n{begin}\n{end}\n")
+    digits_study.main([*argv, "2", "3", "--marker", "digits-study-ablation"])
+    text = docs.read_text()
+    assert (
+        f"{digits_study.BEGIN}\nmain\n{digits_study.END}" in text and "| 92.5 ± 0.7 |" in text.split(begin)[1]
+    )
     with pytest.raises(SystemExit):
         digits_study.parse_args(["--jobs", "0"])
 

@@ -20,13 +20,17 @@ Bringing each dataset to the classifier's input, as CyCADA's digit loader does (
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
+import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from modeling_intrada.data import load_split
@@ -55,6 +59,49 @@ def pixel_values(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomAffine:
+    """A random rotation, scaling and translation of a digit, drawn per image (training augmentation).
+
+    The angle is uniform in [-degrees, degrees], the zoom factor uniform in `scale`, and the shift uniform in
+    [-translate, translate] of the image side on each axis. The image is resampled bilinearly and the pixels
+    that come from outside the frame repeat its border (the background, for centred digits).
+
+    Args:
+        degrees: largest rotation, in degrees.
+        translate: largest shift, as a fraction of the side.
+        scale: (smallest, largest) zoom factor; above 1 enlarges the digit.
+    """
+
+    degrees: float = 10.0
+    translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+
+    def __post_init__(self) -> None:
+        if self.degrees < 0 or not 0 <= self.translate < 1:
+            raise ValueError(
+                f"RandomAffine needs degrees >= 0 and 0 <= translate < 1, got {self.degrees}, {self.translate}"
+            )
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"RandomAffine scale must be (low, high) with 0 < low <= high, got {self.scale}")
+
+    def draw(self, rng: random.Random) -> torch.Tensor:
+        """The (2, 3) matrix of `F.affine_grid` for one draw: output coordinates -> input coordinates."""
+        angle = math.radians(rng.uniform(-self.degrees, self.degrees))
+        zoom = rng.uniform(*self.scale)
+        shift_x, shift_y = (2 * rng.uniform(-self.translate, self.translate) for _ in range(2))
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        return torch.tensor([[cos, -sin, -shift_x], [sin, cos, -shift_y]], dtype=torch.float32)
+
+    def __call__(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """`image` (C, H, W) float, transformed by one draw of `rng`."""
+        theta = self.draw(rng).unsqueeze(0)
+        grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+        return F.grid_sample(
+            image.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False
+        ).squeeze(0)
+
+
 class DigitsSplit(torch.utils.data.Dataset):
     """Digits in memory: rows `{"pixel_values", "labels" (when labelled), "id", "index"}`.
 
@@ -63,9 +110,21 @@ class DigitsSplit(torch.utils.data.Dataset):
         labels: int64 (N,) or None for an unlabelled view (the target's training images).
         ids: the dataset ids of the rows.
         name: what the split is, for messages and cards.
+        augmentation: a `RandomAffine` applied to every row, or None. Its draw depends only on
+            (`seed`, the epoch of `set_epoch`, the row's id), as the segmentation crops do, so a resumed
+            or multi-process run sees the same images.
+        seed: the augmentation's seed.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, ids: Sequence[str], name: str = ""):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        ids: Sequence[str],
+        name: str = "",
+        augmentation: RandomAffine | None = None,
+        seed: int = 0,
+    ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(ids) != len(images) or (labels is not None and len(labels) != len(images)):
@@ -74,22 +133,34 @@ class DigitsSplit(torch.utils.data.Dataset):
                 f"{'no' if labels is None else len(labels)} labels do not match"
             )
         self.images, self.labels, self.ids, self.name = images, labels, list(ids), name
+        self.augmentation, self.seed, self.epoch = augmentation, seed, 0
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Change the epoch that the augmentation's draws depend on."""
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> dict:
-        item = {"pixel_values": pixel_values(self.images[index]), "id": self.ids[index], "index": int(index)}
+        values = pixel_values(self.images[index])
+        if self.augmentation is not None:
+            values = self.augmentation(values, random.Random(f"{self.seed}/{self.epoch}/{self.ids[index]}"))
+        item = {"pixel_values": values, "id": self.ids[index], "index": int(index)}
         if self.labels is not None:
             item["labels"] = int(self.labels[index])
         return item
 
     def without_labels(self) -> DigitsSplit:
         """The same images with no labels (what the target's training split is during adaptation)."""
-        return DigitsSplit(self.images, None, self.ids, self.name)
+        return DigitsSplit(self.images, None, self.ids, self.name, self.augmentation, self.seed)
+
+    def augmented(self, augmentation: RandomAffine | None, seed: int) -> DigitsSplit:
+        """The same rows with `augmentation` (None: without)."""
+        return DigitsSplit(self.images, self.labels, self.ids, self.name, augmentation, seed)
 
     def subset(self, rows: Sequence[int], labels: Sequence[int] | None = None, name: str = "") -> DigitsSplit:
-        """Rows `rows` (re-indexed from 0), with `labels` (e.g. pseudo labels) or none."""
+        """Rows `rows` (re-indexed from 0), with `labels` (e.g. pseudo labels) or none; not augmented."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         new_labels = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
         return DigitsSplit(self.images[index], new_labels, [self.ids[i] for i in index.tolist()], name)

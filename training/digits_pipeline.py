@@ -51,7 +51,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_data import DigitsSplit, load_digits
+from digits_data import DigitsSplit, RandomAffine, load_digits
 from evaluation import sharded_batches
 from stage_loop import AdaptationStage, StageSettings, list_checkpoints
 
@@ -68,6 +68,7 @@ from modeling_intrada.ranking import check_lambda, load_ranking, rank_by_entropy
 logger = logging.getLogger("digits_pipeline")
 TASK = "digits"
 STAGES = ("source", "inter", "rank", "intra", "eval", "all")
+AUGMENTATIONS = ("none", "affine")
 DONE_FILE = "DONE"
 FRAMEWORK_NAMES = {
     "feature": "feature-level CyCADA",
@@ -157,6 +158,20 @@ class DigitsTrainingArguments:
     adv_weight: float = field(default=0.1, metadata={"help": "weight of the adversarial term in G's loss"})
     intra_adv_weight: float | None = field(default=None, metadata={"help": "stage 3 (default: adv_weight)"})
     lambda_easy: float = field(default=0.8, metadata={"help": "easy fraction of the ranking (paper: 0.8)"})
+    augmentation: str = field(
+        default="none",
+        metadata={
+            "help": "none | affine: a random rotation, zoom and shift of every labelled training image (the "
+            "source in the source stage and stage 1, the easy part in stage 3); target images stay as they are"
+        },
+    )
+    affine_degrees: float = field(default=10.0, metadata={"help": "affine: largest rotation (degrees)"})
+    affine_translate: float = field(
+        default=0.1, metadata={"help": "affine: largest shift (fraction of the side)"}
+    )
+    affine_scale: list[float] = field(
+        default_factory=lambda: [0.9, 1.1], metadata={"help": "affine: smallest and largest zoom factor"}
+    )
     batch_size: int = field(default=64, metadata={"help": "images per domain per process per step"})
     eval_batch_size: int = field(default=500)
     gradient_accumulation_steps: int = field(default=1)
@@ -238,6 +253,17 @@ def validate(
         raise ValueError(f"--betas takes two numbers, got {args.betas}")
     if args.num_threads is not None and args.num_threads < 1:
         raise ValueError(f"--num_threads must be at least 1, got {args.num_threads}")
+    if args.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"--augmentation must be one of {AUGMENTATIONS}, got {args.augmentation!r}")
+    if args.augmentation == "affine":
+        affine_augmentation(args)  # raises on out-of-range parameters
+
+
+def affine_augmentation(args: DigitsTrainingArguments) -> RandomAffine:
+    """The `RandomAffine` of `--augmentation affine`, from the `affine_*` options."""
+    if len(args.affine_scale) != 2:
+        raise ValueError(f"--affine_scale takes two numbers (low high), got {args.affine_scale}")
+    return RandomAffine(args.affine_degrees, args.affine_translate, tuple(args.affine_scale))
 
 
 class DigitsRun:
@@ -274,6 +300,12 @@ class DigitsRun:
         return load_digits(
             source, split, c.image_size, c.num_channels, with_labels=with_labels, max_samples=limit
         )
+
+    def labelled_for_training(self, split: DigitsSplit, stage: str) -> DigitsSplit:
+        """`split` with the run's augmentation (if any), drawn from a seed of the run and the stage."""
+        if self.args.augmentation == "none":
+            return split
+        return split.augmented(affine_augmentation(self.args), seed=self.args.seed * 10 + STAGES.index(stage))
 
     def new_classifier(self, seed: int) -> DigitClassifier:
         set_seed(seed)
@@ -397,9 +429,8 @@ def source_stage(run: DigitsRun) -> Path:
     if run.args.source_num_iterations == 0:
         raise ValueError("--stage source with source_num_iterations 0 trains nothing")
     generator = run.new_classifier(run.args.seed)
-    return adaptation_stage(
-        run, "source", generator, run.digits("source", run.data_args.train_split, True), None
-    )
+    source = run.labelled_for_training(run.digits("source", run.data_args.train_split, True), "source")
+    return adaptation_stage(run, "source", generator, source, None)
 
 
 def inter_stage(run: DigitsRun) -> Path:
@@ -409,7 +440,7 @@ def inter_stage(run: DigitsRun) -> Path:
         generator = run.load_classifier("source")
     else:
         generator = run.new_classifier(run.args.seed)
-    source = run.digits("source", d.train_split, with_labels=True)
+    source = run.labelled_for_training(run.digits("source", d.train_split, with_labels=True), "inter")
     target = run.digits("target", d.train_split, with_labels=False)
     return adaptation_stage(run, "inter", generator, source, target)
 
@@ -511,6 +542,7 @@ def intra_stage(run: DigitsRun) -> Path:
     easy = target.subset(
         [row_of[i] for i in ranking.easy_ids], [int(pseudo[i]) for i in ranking.easy_ids], name="easy"
     )
+    easy = run.labelled_for_training(easy, "intra")
     hard = target.subset([row_of[i] for i in ranking.hard_ids], name="hard")
     settings = run.settings("intra")
     if settings.uses_target and len(hard) == 0:
