@@ -136,6 +136,8 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
                 f"{out} holds a run made with another command:\n  {' '.join(made_with)}\nnot\n  "
                 f"{' '.join(command)}\npass --overwrite to re-run it, or another --output_dir"
             )
+    if not args.overwrite and metrics_file.is_file() and not command_file.is_file():
+        print(f"[digits study] {out}: a run without command.json (older study), read as it is", flush=True)
     if args.overwrite or not metrics_file.is_file():
         print(f"[digits study] {setting} seed {seed}: {' '.join(command)}", flush=True)
         start = time.perf_counter()

@@ -138,6 +138,7 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     card = (out / "intra" / "model" / "README.md").read_text()
     assert "feature-level CyCADA" in card and "IntraDA stage 3" in card and "| target:" in card
     assert "10 class scores, as CyCADA's released ADDA code" in card and "- feature-level-cycada" in card
+    assert "random affine of the labelled training images: rotation up to 10 degrees, zoom 0.9 to 1.1" in card
     source_card = (out / "source" / "model" / "README.md").read_text()
     assert "no adaptation: no adaptation term" in source_card and "- source-only" in source_card
 
@@ -159,6 +160,7 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
         *TINY,
         "--source_num_iterations", "2", "--num_iterations", "2", "--intra_num_iterations", "2",  # the DTN is big
         "--batch_size", "4",
+        "--augmentation", "affine", "--augment_target",  # RGB images, both streams augmented
     ]  # fmt: skip
     results = digits_main(argv)
     assert len(results) == 3
@@ -166,16 +168,15 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
     assert model.config.architecture == "dtn" and model.config.num_channels == 3
     summary = json.loads((out / "ranking" / "ranking.json").read_text())
     assert (summary["num_easy"], summary["num_hard"]) == (20, 20)
-    assert (
-        "a discriminator on the classifier's 512-d features"
-        in (out / "inter" / "model" / "README.md").read_text()
-    )
+    card = (out / "inter" / "model" / "README.md").read_text()
+    assert "a discriminator on the classifier's 512-d features" in card
+    assert "random affine of all training images" in card
 
 
 def test_shipped_configs():
     expected = {  # the discriminator's input and weight as measured best per setting (docs/digits.md)
         "digits_mnist_to_usps.yaml": ("lenet", "mnist", "usps", "scores", 0.3),
-        "digits_usps_to_mnist.yaml": ("lenet", "usps", "mnist", "feature", 1.0),
+        "digits_usps_to_mnist.yaml": ("lenet", "usps", "mnist", "feature", 1.0),  # stage 3: scores, 0.3
         "digits_svhn_to_mnist.yaml": ("dtn", "svhn", "mnist", "feature", 0.1),
     }
     for name, (architecture, source, target, framework, adv_weight) in expected.items():
@@ -184,6 +185,9 @@ def test_shipped_configs():
         assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
         assert (args.framework, args.adv_weight, args.lambda_easy) == (framework, adv_weight, 0.8)
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
+        assert args.augmentation == ("none" if architecture == "dtn" else "affine")
+    _, _, args = parse_digits_arguments(["--config", str(CONFIGS / "digits_usps_to_mnist.yaml")])
+    assert (args.intra_framework, args.intra_adv_weight) == ("scores", 0.3)
 
 
 def test_option_errors(tmp_path, datasets_dir):

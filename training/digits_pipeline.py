@@ -162,7 +162,14 @@ class DigitsTrainingArguments:
         default="none",
         metadata={
             "help": "none | affine: a random rotation, zoom and shift of every labelled training image (the "
-            "source in the source stage and stage 1, the easy part in stage 3); target images stay as they are"
+            "source in the source stage and stage 1, the easy part in stage 3)"
+        },
+    )
+    augment_target: bool = field(
+        default=False,
+        metadata={
+            "help": "with --augmentation: also augment the unlabelled stream (stage 1's target, stage 3's hard "
+            "part), so that the discriminator sees both sides through the same augmentation"
         },
     )
     affine_degrees: float = field(default=10.0, metadata={"help": "affine: largest rotation (degrees)"})
@@ -301,11 +308,13 @@ class DigitsRun:
             source, split, c.image_size, c.num_channels, with_labels=with_labels, max_samples=limit
         )
 
-    def labelled_for_training(self, split: DigitsSplit, stage: str) -> DigitsSplit:
-        """`split` with the run's augmentation (if any), drawn from a seed of the run and the stage."""
-        if self.args.augmentation == "none":
+    def for_training(self, split: DigitsSplit, stage: str, labelled: bool = True) -> DigitsSplit:
+        """`split` with the run's augmentation, if any applies to this stream (the unlabelled stream only
+        with --augment_target); the draws depend on the run's seed, the stage and the stream."""
+        if self.args.augmentation == "none" or not (labelled or self.args.augment_target):
             return split
-        return split.augmented(affine_augmentation(self.args), seed=self.args.seed * 10 + STAGES.index(stage))
+        seed = self.args.seed * 100 + STAGES.index(stage) * 10 + int(not labelled)
+        return split.augmented(affine_augmentation(self.args), seed=seed)
 
     def new_classifier(self, seed: int) -> DigitClassifier:
         set_seed(seed)
@@ -429,7 +438,7 @@ def source_stage(run: DigitsRun) -> Path:
     if run.args.source_num_iterations == 0:
         raise ValueError("--stage source with source_num_iterations 0 trains nothing")
     generator = run.new_classifier(run.args.seed)
-    source = run.labelled_for_training(run.digits("source", run.data_args.train_split, True), "source")
+    source = run.for_training(run.digits("source", run.data_args.train_split, True), "source")
     return adaptation_stage(run, "source", generator, source, None)
 
 
@@ -440,8 +449,8 @@ def inter_stage(run: DigitsRun) -> Path:
         generator = run.load_classifier("source")
     else:
         generator = run.new_classifier(run.args.seed)
-    source = run.labelled_for_training(run.digits("source", d.train_split, with_labels=True), "inter")
-    target = run.digits("target", d.train_split, with_labels=False)
+    source = run.for_training(run.digits("source", d.train_split, with_labels=True), "inter")
+    target = run.for_training(run.digits("target", d.train_split, with_labels=False), "inter", labelled=False)
     return adaptation_stage(run, "inter", generator, source, target)
 
 
@@ -542,8 +551,8 @@ def intra_stage(run: DigitsRun) -> Path:
     easy = target.subset(
         [row_of[i] for i in ranking.easy_ids], [int(pseudo[i]) for i in ranking.easy_ids], name="easy"
     )
-    easy = run.labelled_for_training(easy, "intra")
-    hard = target.subset([row_of[i] for i in ranking.hard_ids], name="hard")
+    easy = run.for_training(easy, "intra")
+    hard = run.for_training(target.subset([row_of[i] for i in ranking.hard_ids], name="hard"), "intra", False)
     settings = run.settings("intra")
     if settings.uses_target and len(hard) == 0:
         raise ValueError(
@@ -644,6 +653,18 @@ STAGE_DESCRIPTIONS = {
 }
 
 
+def augmentation_summary(args: DigitsTrainingArguments) -> str:
+    """The training augmentation in words, for cards."""
+    if args.augmentation == "none":
+        return "none"
+    low, high = args.affine_scale
+    streams = "all training images" if args.augment_target else "the labelled training images"
+    return (
+        f"random affine of {streams}: rotation up to {args.affine_degrees:g} degrees, zoom {low:g} to "
+        f"{high:g}, shift up to {args.affine_translate:.0%} of the side"
+    )
+
+
 def model_card(run: DigitsRun, name: str, row: dict, metrics: dict) -> str:
     """A model card (README.md) for one trained classifier, with its measured accuracy."""
     a, d, c = run.args, run.data_args, run.classifier_config
@@ -675,6 +696,7 @@ as implemented by the `intrada-hf` project (`training/digits_pipeline.py`, docs/
 - **Framework:** {framework}: {FRAMEWORK_DETAILS[framework_key].format(c=c)}.
 - **Architecture:** `DigitClassifier` ({c.architecture}), input {c.num_channels}x{c.image_size}x{c.image_size},
   `pixel_values = (x / 255 - 0.5) / 0.5`. USPS 16x16 digits are resized bilinearly to the input size.
+- **Training augmentation:** {augmentation_summary(a)}.
 - **Seed:** {a.seed}.
 
 ## Evaluation
