@@ -11,15 +11,16 @@ output folder.
     python benchmarks/digits_study.py --settings mnist_to_usps usps_to_mnist --seeds 1 2 3
 
 Datasets missing under `--data_dir` are built first from `--raw_dir` with `dataset_scripts/digits.py`. Runs
-whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them); a run made with another
-command line (recorded in its `command.json`) is refused rather than read. Extra options after
-`--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N` runs N pipelines at once, each writing
+whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them); a run whose
+`config.yaml` differs from what the command resolves to (another config file, other options) is refused
+rather than read. Extra options after `--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N` runs N pipelines at once, each writing
 its output to `run.log` in its folder; give each one thread (`-- --num_threads 1`) so N jobs share N cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -119,7 +120,6 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
     source, target, _ = SETTINGS[setting]
     out = args.output_dir / setting / f"seed_{seed}"
     metrics_file, time_file = out / "eval" / "metrics.json", out / "wall_time_s.txt"
-    command_file = out / "command.json"
     command = [
         sys.executable, str(ROOT / "training" / "run_intrada.py"),
         "--config", str(ROOT / "training" / "configs" / f"digits_{setting}.yaml"),
@@ -129,15 +129,8 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
         "--seed", str(seed),
         *extra,
     ]  # fmt: skip
-    if not args.overwrite and metrics_file.is_file() and command_file.is_file():
-        made_with = json.loads(command_file.read_text())
-        if made_with != command:
-            raise ValueError(
-                f"{out} holds a run made with another command:\n  {' '.join(made_with)}\nnot\n  "
-                f"{' '.join(command)}\npass --overwrite to re-run it, or another --output_dir"
-            )
-    if not args.overwrite and metrics_file.is_file() and not command_file.is_file():
-        print(f"[digits study] {out}: a run without command.json (older study), read as it is", flush=True)
+    if not args.overwrite and metrics_file.is_file():
+        check_same_options(out, command)
     if args.overwrite or not metrics_file.is_file():
         print(f"[digits study] {setting} seed {seed}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
@@ -153,7 +146,6 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
                     f"{setting} seed {seed} failed (exit {done.returncode}); see {out / 'run.log'}"
                 )
         time_file.write_text(f"{time.perf_counter() - start:.1f}\n")
-        command_file.write_text(json.dumps(command) + "\n")
     metrics = json.loads(metrics_file.read_text())
     by_stage = {row["stage"]: row["target_accuracy"] for row in metrics["models"].values()}
     on_source = {row["stage"]: row["source_accuracy"] for row in metrics["models"].values()}
@@ -165,6 +157,57 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
         "wall_time_s": wall,
         "command": " ".join(command),
     }
+
+
+def _pipeline():
+    """training/digits_pipeline.py, imported on first use (it imports the training code)."""
+    if str(ROOT / "training") not in sys.path:
+        sys.path.insert(0, str(ROOT / "training"))
+    import digits_pipeline
+
+    return digits_pipeline
+
+
+def resolved_options(command: list[str]) -> dict:
+    """Every option a `run_intrada.py` digits command line resolves to (what its config.yaml will hold)."""
+    pipeline = _pipeline()
+    return pipeline.DigitsRun(*pipeline.parse_digits_arguments(command[2:])).config()
+
+
+def default_options() -> dict:
+    """Every option of the digits pipeline at its default."""
+    fields = [f for arguments in _pipeline().ALL_ARGUMENTS for f in dataclasses.fields(arguments)]
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields
+    }
+
+
+def check_same_options(out: Path, command: list[str]) -> None:
+    """Refuse to read the finished run in `out` if its config.yaml differs from what `command` resolves to
+    (another config file, other options). Options the run's config.yaml lacks (added to the pipeline since)
+    count as their defaults; the output folder itself is not compared. A run without config.yaml is read."""
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        print(f"[digits study] {out}: no config.yaml to compare with, read as it is", flush=True)
+        return
+    import yaml
+
+    saved = yaml.safe_load(saved_file.read_text())
+    resolved = resolved_options(command)
+    defaults = default_options()
+    differing = sorted(
+        key
+        for key in set(saved) | set(resolved)
+        if key != "output_dir" and saved.get(key, defaults.get(key)) != resolved.get(key)
+    )
+    if differing:
+        details = ", ".join(
+            f"{k}: {saved.get(k, defaults.get(k))!r} there, {resolved.get(k)!r} now" for k in differing
+        )
+        raise ValueError(
+            f"{out} holds a run made with other options ({details}); pass --overwrite to re-run it, or "
+            "use another --output_dir"
+        )
 
 
 def mean_std(values: list[float]) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -94,13 +95,21 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
     assert (outputs / "usps_to_mnist" / "seed_3" / "run.log").read_text() == "training seed 3\n"
     with pytest.raises(RuntimeError, match=r"seed 9 failed \(exit 3\); see .*seed_9/run.log"):
         digits_study.main([*argv, "1", "9"])
-    # A finished run remembers its command: asking for other options refuses to read it as if it matched.
-    assert json.loads((outputs / "usps_to_mnist" / "seed_2" / "command.json").read_text())[-2:] == [
-        "--seed",
-        "2",
-    ]
-    with pytest.raises(ValueError, match="holds a run made with another command"):
+    # A finished run is read only if its config.yaml is what the command resolves to now.
+    seed_2 = outputs / "usps_to_mnist" / "seed_2"
+    command = json.loads((outputs / "study.json").read_text())["usps_to_mnist"][1]["command"].split()
+    options = digits_study.resolved_options(command)
+    assert options["seed"] == 2 and options["adv_weight"] == 1.0  # the shipped USPS->MNIST config
+    del options["augment_target"]  # as if the run predated that option: it counts as its default
+    (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
+    assert digits_study.main([*argv, "2", "3"])["usps_to_mnist"][0]["accuracy"]["intra"] == 92.0
+    with pytest.raises(ValueError, match=r"other options \(adv_weight: 1.0 there, 0.5 now\)"):
         digits_study.main([*argv, "2", "3", "--", "--adv_weight", "0.5"])
+    options["augment_target"] = True
+    (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
+    with pytest.raises(ValueError, match="augment_target: True there, False now"):
+        digits_study.main([*argv, "2", "3"])
+    (seed_2 / "config.yaml").unlink()  # a run without config.yaml is read as it is
     # --marker writes between other markers of the same file, leaving the default table alone.
     begin, end = digits_study.markers("digits-study-ablation")
     docs.write_text(f"{digits_study.BEGIN}\nmain\n{digits_study.END}\n{begin}\n{end}\n")
