@@ -161,6 +161,7 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
         "--source_num_iterations", "2", "--num_iterations", "2", "--intra_num_iterations", "2",  # the DTN is big
         "--batch_size", "4",
         "--augmentation", "affine", "--augment_target",  # RGB images, both streams augmented
+        "--augmentation_stages", "inter", "intra",
     ]  # fmt: skip
     results = digits_main(argv)
     assert len(results) == 3
@@ -171,6 +172,7 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
     card = (out / "inter" / "model" / "README.md").read_text()
     assert "a discriminator on the classifier's 512-d features" in card
     assert "random affine of all training images" in card
+    assert "**Training augmentation:** none." in (out / "source" / "model" / "README.md").read_text()
 
 
 def test_shipped_configs():
@@ -185,7 +187,7 @@ def test_shipped_configs():
         assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
         assert (args.framework, args.adv_weight, args.lambda_easy) == (framework, adv_weight, 0.8)
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
-        assert args.augmentation == ("none" if architecture == "dtn" else "affine")
+        assert args.augmentation == ("affine" if name == "digits_mnist_to_usps.yaml" else "none")
     _, _, args = parse_digits_arguments(["--config", str(CONFIGS / "digits_usps_to_mnist.yaml")])
     assert (args.intra_framework, args.intra_adv_weight) == ("scores", 0.3)
 
@@ -207,6 +209,10 @@ def test_option_errors(tmp_path, datasets_dir):
         parse_digits_arguments([*base, "--max_test_samples", "0"])
     with pytest.raises(ValueError, match="source_num_iterations is 0"):
         parse_digits_arguments([*base, "--source_num_iterations", "0"])
+    with pytest.raises(
+        ValueError, match=r"augmentation_stages takes source, inter and/or intra, got \['rank'\]"
+    ):
+        parse_digits_arguments([*base, "--augmentation_stages", "inter", "rank"])
     with pytest.raises(ValueError, match="augmentation must be one of"):
         parse_digits_arguments([*base, "--augmentation", "mixup"])
     with pytest.raises(ValueError, match="affine_scale takes two numbers"):

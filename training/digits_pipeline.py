@@ -165,6 +165,10 @@ class DigitsTrainingArguments:
             "source in the source stage and stage 1, the easy part in stage 3)"
         },
     )
+    augmentation_stages: list[str] = field(
+        default_factory=lambda: ["source", "inter", "intra"],
+        metadata={"help": "with --augmentation: the stages that augment (any of source, inter, intra)"},
+    )
     augment_target: bool = field(
         default=False,
         metadata={
@@ -264,6 +268,9 @@ def validate(
         raise ValueError(f"--augmentation must be one of {AUGMENTATIONS}, got {args.augmentation!r}")
     if args.augmentation == "affine":
         affine_augmentation(args)  # raises on out-of-range parameters
+    unknown = sorted(set(args.augmentation_stages) - {"source", "inter", "intra"})
+    if unknown:
+        raise ValueError(f"--augmentation_stages takes source, inter and/or intra, got {unknown}")
 
 
 def affine_augmentation(args: DigitsTrainingArguments) -> RandomAffine:
@@ -311,7 +318,12 @@ class DigitsRun:
     def for_training(self, split: DigitsSplit, stage: str, labelled: bool = True) -> DigitsSplit:
         """`split` with the run's augmentation, if any applies to this stream (the unlabelled stream only
         with --augment_target); the draws depend on the run's seed, the stage and the stream."""
-        if self.args.augmentation == "none" or not (labelled or self.args.augment_target):
+        a = self.args
+        if (
+            a.augmentation == "none"
+            or stage not in a.augmentation_stages
+            or not (labelled or a.augment_target)
+        ):
             return split
         seed = self.args.seed * 100 + STAGES.index(stage) * 10 + int(not labelled)
         return split.augmented(affine_augmentation(self.args), seed=seed)
@@ -653,9 +665,9 @@ STAGE_DESCRIPTIONS = {
 }
 
 
-def augmentation_summary(args: DigitsTrainingArguments) -> str:
-    """The training augmentation in words, for cards."""
-    if args.augmentation == "none":
+def augmentation_summary(args: DigitsTrainingArguments, stage: str) -> str:
+    """The augmentation of `stage`'s training images in words, for cards."""
+    if args.augmentation == "none" or stage not in args.augmentation_stages:
         return "none"
     low, high = args.affine_scale
     streams = "all training images" if args.augment_target else "the labelled training images"
@@ -696,7 +708,7 @@ as implemented by the `intrada-hf` project (`training/digits_pipeline.py`, docs/
 - **Framework:** {framework}: {FRAMEWORK_DETAILS[framework_key].format(c=c)}.
 - **Architecture:** `DigitClassifier` ({c.architecture}), input {c.num_channels}x{c.image_size}x{c.image_size},
   `pixel_values = (x / 255 - 0.5) / 0.5`. USPS 16x16 digits are resized bilinearly to the input size.
-- **Training augmentation:** {augmentation_summary(a)}.
+- **Training augmentation:** {augmentation_summary(a, row["stage"])}.
 - **Seed:** {a.seed}.
 
 ## Evaluation
