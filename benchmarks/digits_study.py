@@ -182,10 +182,20 @@ def default_options() -> dict:
     }
 
 
+AUGMENTATION_OPTIONS = {
+    "augmentation_stages",
+    "augment_target",
+    "affine_degrees",
+    "affine_translate",
+    "affine_scale",
+}
+
+
 def check_same_options(out: Path, command: list[str]) -> None:
     """Refuse to read the finished run in `out` if its config.yaml differs from what `command` resolves to
     (another config file, other options). Options the run's config.yaml lacks (added to the pipeline since)
-    count as their defaults; the output folder itself is not compared. A run without config.yaml is read."""
+    count as their defaults; the output folder is not compared, nor the augmentation's parameters when
+    both sides have `augmentation: none`. A run without config.yaml is read."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         print(f"[digits study] {out}: no config.yaml to compare with, read as it is", flush=True)
@@ -195,10 +205,13 @@ def check_same_options(out: Path, command: list[str]) -> None:
     saved = yaml.safe_load(saved_file.read_text())
     resolved = resolved_options(command)
     defaults = default_options()
+    ignored = {"output_dir"}
+    if resolved.get("augmentation") == "none" == saved.get("augmentation", "none"):
+        ignored |= AUGMENTATION_OPTIONS  # they do nothing without augmentation
     differing = sorted(
         key
         for key in set(saved) | set(resolved)
-        if key != "output_dir" and saved.get(key, defaults.get(key)) != resolved.get(key)
+        if key not in ignored and saved.get(key, defaults.get(key)) != resolved.get(key)
     )
     if differing:
         details = ", ".join(

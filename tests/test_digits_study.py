@@ -109,6 +109,14 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
     (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
     with pytest.raises(ValueError, match="augment_target: True there, False now"):
         digits_study.main([*argv, "2", "3"])
+    # Without augmentation its parameters do nothing: a run from before `augmentation_stages` existed, or
+    # with other ones, matches a command that turns the augmentation off.
+    options.update(augmentation="none", augment_target=False, affine_degrees=30.0)
+    del options["augmentation_stages"]
+    (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
+    assert len(digits_study.main([*argv, "2", "3", "--", "--augmentation", "none"])["usps_to_mnist"]) == 2
+    with pytest.raises(ValueError, match="augmentation: 'none' there, 'affine' now"):
+        digits_study.main([*argv, "2", "3"])
     (seed_2 / "config.yaml").unlink()  # a run without config.yaml is read as it is
     # --marker writes between other markers of the same file, leaving the default table alone.
     begin, end = digits_study.markers("digits-study-ablation")
