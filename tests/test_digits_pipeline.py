@@ -187,9 +187,13 @@ def test_shipped_configs():
         assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
         assert (args.framework, args.adv_weight, args.lambda_easy) == (framework, adv_weight, 0.8)
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
-        assert args.augmentation == ("affine" if name == "digits_mnist_to_usps.yaml" else "none")
+        assert args.augmentation == ("none" if architecture == "dtn" else "affine")
     _, _, args = parse_digits_arguments(["--config", str(CONFIGS / "digits_usps_to_mnist.yaml")])
-    assert (args.intra_framework, args.intra_adv_weight) == ("scores", 0.3)
+    assert (args.intra_framework, args.intra_adv_weight, args.augmentation_stages) == (
+        "scores",
+        0.3,
+        ["intra"],
+    )
 
 
 def test_option_errors(tmp_path, datasets_dir):
