@@ -13,14 +13,14 @@ output folder.
 Datasets missing under `--data_dir` are built first from `--raw_dir` with `dataset_scripts/digits.py`. Runs
 whose `eval/metrics.json` exists are read, not re-run (`--overwrite` re-runs them); a run whose
 `config.yaml` differs from what the command resolves to (another config file, other options) is refused
-rather than read. Extra options after `--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N` runs N pipelines at once, each writing
-its output to `run.log` in its folder; give each one thread (`-- --num_threads 1`) so N jobs share N cores.
+rather than read. Extra options after `--` go to every pipeline run, e.g. `-- --num_threads 1`. `--jobs N`
+runs N pipelines at once, each writing its output to `run.log` in its folder; give each one thread
+(`-- --num_threads 1`) so N jobs share N cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -174,49 +174,22 @@ def resolved_options(command: list[str]) -> dict:
     return pipeline.DigitsRun(*pipeline.parse_digits_arguments(command[2:])).config()
 
 
-def default_options() -> dict:
-    """Every option of the digits pipeline at its default."""
-    fields = [f for arguments in _pipeline().ALL_ARGUMENTS for f in dataclasses.fields(arguments)]
-    return {
-        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields
-    }
-
-
-AUGMENTATION_OPTIONS = {
-    "augmentation_stages",
-    "augment_target",
-    "affine_degrees",
-    "affine_translate",
-    "affine_scale",
-}
-
-
 def check_same_options(out: Path, command: list[str]) -> None:
     """Refuse to read the finished run in `out` if its config.yaml differs from what `command` resolves to
-    (another config file, other options). Options the run's config.yaml lacks (added to the pipeline since)
-    count as their defaults; the output folder is not compared, nor the augmentation's parameters when
-    both sides have `augmentation: none`. A run without config.yaml is read."""
+    (another config file, other options), as `digits_pipeline.comparable_options` compares them. A run
+    without config.yaml is read."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         print(f"[digits study] {out}: no config.yaml to compare with, read as it is", flush=True)
         return
     import yaml
 
-    saved = yaml.safe_load(saved_file.read_text())
-    resolved = resolved_options(command)
-    defaults = default_options()
-    ignored = {"output_dir"}
-    if resolved.get("augmentation") == "none" == saved.get("augmentation", "none"):
-        ignored |= AUGMENTATION_OPTIONS  # they do nothing without augmentation
-    differing = sorted(
-        key
-        for key in set(saved) | set(resolved)
-        if key not in ignored and saved.get(key, defaults.get(key)) != resolved.get(key)
-    )
+    comparable = _pipeline().comparable_options
+    saved = comparable(yaml.safe_load(saved_file.read_text()))
+    wanted = comparable(resolved_options(command))
+    differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
     if differing:
-        details = ", ".join(
-            f"{k}: {saved.get(k, defaults.get(k))!r} there, {resolved.get(k)!r} now" for k in differing
-        )
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differing)
         raise ValueError(
             f"{out} holds a run made with other options ({details}); pass --overwrite to re-run it, or "
             "use another --output_dir"

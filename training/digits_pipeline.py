@@ -69,6 +69,15 @@ logger = logging.getLogger("digits_pipeline")
 TASK = "digits"
 STAGES = ("source", "inter", "rank", "intra", "eval", "all")
 AUGMENTATIONS = ("none", "affine")
+AUGMENTED_STAGES = ("source", "inter", "intra")  # the stages that train on labelled images
+# What the augmentation is made of: options that change nothing with `augmentation: none`.
+AUGMENTATION_OPTIONS = (
+    "augmentation_stages",
+    "augment_target",
+    "affine_degrees",
+    "affine_translate",
+    "affine_scale",
+)
 DONE_FILE = "DONE"
 FRAMEWORK_NAMES = {
     "feature": "feature-level CyCADA",
@@ -166,7 +175,7 @@ class DigitsTrainingArguments:
         },
     )
     augmentation_stages: list[str] = field(
-        default_factory=lambda: ["source", "inter", "intra"],
+        default_factory=lambda: list(AUGMENTED_STAGES),
         metadata={"help": "with --augmentation: the stages that augment (any of source, inter, intra)"},
     )
     augment_target: bool = field(
@@ -199,6 +208,24 @@ class DigitsTrainingArguments:
 
 
 ALL_ARGUMENTS = (DigitsModelArguments, DigitsDataArguments, DigitsTrainingArguments)
+
+
+def default_options() -> dict:
+    """Every option of the digits pipeline at its default, plus `task: digits` (as `DigitsRun.config`)."""
+    fields = [f for arguments in ALL_ARGUMENTS for f in dataclasses.fields(arguments)]
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields
+    }
+    return {"task": TASK, **defaults}
+
+
+def comparable_options(config: dict) -> dict:
+    """A run's options (its config.yaml) as they bear on what it trains: the options it lacks (added to the
+    pipeline since) at their defaults; without the output folder, and without the augmentation's own
+    options when it has none."""
+    options = {**default_options(), **config}
+    left_out = {"output_dir", *(AUGMENTATION_OPTIONS if options["augmentation"] == "none" else ())}
+    return {key: value for key, value in options.items() if key not in left_out}
 
 
 def parse_digits_arguments(
@@ -268,9 +295,18 @@ def validate(
         raise ValueError(f"--augmentation must be one of {AUGMENTATIONS}, got {args.augmentation!r}")
     if args.augmentation == "affine":
         affine_augmentation(args)  # raises on out-of-range parameters
-    unknown = sorted(set(args.augmentation_stages) - {"source", "inter", "intra"})
+    unknown = sorted(set(args.augmentation_stages) - set(AUGMENTED_STAGES))
     if unknown:
         raise ValueError(f"--augmentation_stages takes source, inter and/or intra, got {unknown}")
+
+
+def augments(args: DigitsTrainingArguments, stage: str, labelled: bool = True) -> bool:
+    """Whether `stage` augments its labelled stream (`labelled`) or its unlabelled one."""
+    return (
+        args.augmentation != "none"
+        and stage in args.augmentation_stages
+        and (labelled or args.augment_target)
+    )
 
 
 def affine_augmentation(args: DigitsTrainingArguments) -> RandomAffine:
@@ -318,12 +354,7 @@ class DigitsRun:
     def for_training(self, split: DigitsSplit, stage: str, labelled: bool = True) -> DigitsSplit:
         """`split` with the run's augmentation, if any applies to this stream (the unlabelled stream only
         with --augment_target); the draws depend on the run's seed, the stage and the stream."""
-        a = self.args
-        if (
-            a.augmentation == "none"
-            or stage not in a.augmentation_stages
-            or not (labelled or a.augment_target)
-        ):
+        if not augments(self.args, stage, labelled):
             return split
         seed = self.args.seed * 100 + STAGES.index(stage) * 10 + int(not labelled)
         return split.augmented(affine_augmentation(self.args), seed=seed)
@@ -667,7 +698,7 @@ STAGE_DESCRIPTIONS = {
 
 def augmentation_summary(args: DigitsTrainingArguments, stage: str) -> str:
     """The augmentation of `stage`'s training images in words, for cards."""
-    if args.augmentation == "none" or stage not in args.augmentation_stages:
+    if not augments(args, stage):
         return "none"
     low, high = args.affine_scale
     streams = "all training images" if args.augment_target else "the labelled training images"
