@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +12,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "training"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 
 def synchronize(device: torch.device) -> None:

@@ -21,7 +21,7 @@ import torch
 from _common import ROOT, report
 from PIL import Image
 
-from modeling_intrada.data import SegmentationDataset, SegmentationTransform, load_split
+from modeling_intrada.data.datasets import SegmentationDataset, SegmentationTransform, load_split
 
 
 class RawCamVid(torch.utils.data.Dataset):

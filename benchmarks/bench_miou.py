@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modeling_intrada.metrics import MeanIoU, scores_from_confusion_matrix
+from modeling_intrada.evaluation.metrics import MeanIoU, scores_from_confusion_matrix
 
 NUM_LABELS = 19
 IGNORE_INDEX = 255

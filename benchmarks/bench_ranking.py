@@ -16,7 +16,7 @@ import torch
 from _common import environment, peak_memory_mb, report, synchronize
 
 from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
-from modeling_intrada.ranking import rank_by_entropy
+from modeling_intrada.method.ranking import rank_by_entropy
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

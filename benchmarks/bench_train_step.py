@@ -4,7 +4,7 @@
     python benchmarks/bench_train_step.py --implementation both          # ours and the plain re-statement
     python benchmarks/bench_train_step.py --device cuda --precision bf16 --channels_last --compile
 
-`ours` runs `AdaptationStage.adversarial_iteration` + `optimizer_step` (training/stage_loop.py) on
+`ours` runs `AdaptationStage.adversarial_iteration` + `optimizer_step` (modeling_intrada/training/stage_loop.py) on
 `DeepLabV2ForSemanticSegmentation`; `reference` runs the authors' iteration re-stated in plain PyTorch
 (benchmarks/reference_deeplab.py: no Accelerate, no transformers). With `both`, the two alternate iteration by
 iteration, so that a noisy machine affects both alike, and the ratio measures what Accelerate and the model
@@ -23,7 +23,6 @@ import time
 import torch
 from _common import environment, median, peak_memory_mb, report, synchronize
 from accelerate import Accelerator
-from stage_loop import AdaptationStage, StageSettings
 
 from modeling_intrada import (
     DeepLabV2Config,
@@ -31,8 +30,9 @@ from modeling_intrada import (
     FCDiscriminator,
     FCDiscriminatorConfig,
 )
-from modeling_intrada.adaptation import SegmentationTask
-from modeling_intrada.cpu_allocator import keep_freed_memory
+from modeling_intrada.method.adaptation import SegmentationTask
+from modeling_intrada.training.cpu_allocator import keep_freed_memory
+from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 

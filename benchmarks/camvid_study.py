@@ -32,17 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT  # puts training/ on sys.path
 
-# isort: split
-import run_intrada
-from evaluation import EvaluationSplit, evaluate_segmentation
-
+import modeling_intrada.training.pipeline as run_intrada
 from modeling_intrada import DeepLabV2ForSemanticSegmentation
+from modeling_intrada.evaluation.metrics import MeanIoU
+from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation
 from modeling_intrada.labels import colorize, get_label_space
-from modeling_intrada.metrics import MeanIoU
-from modeling_intrada.ranking import load_ranking
+from modeling_intrada.method.ranking import load_ranking
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "camvid_day_to_dusk.yaml"
 DOCS = ROOT / "docs" / "camvid.md"
 BN_MODES = ("frozen", "reference")

@@ -160,10 +160,8 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
 
 
 def _pipeline():
-    """training/digits_pipeline.py, imported on first use (it imports the training code)."""
-    if str(ROOT / "training") not in sys.path:
-        sys.path.insert(0, str(ROOT / "training"))
-    import digits_pipeline
+    """The digits pipeline, imported on first use (it imports the training code)."""
+    import modeling_intrada.training.digits as digits_pipeline
 
     return digits_pipeline
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from _builder import (
+from PIL import Image
+
+from modeling_intrada.data.building import (
     BuildError,
     BuildResult,
     SplitPlan,
@@ -36,9 +38,7 @@ from _builder import (
     finish,
     require_dir,
 )
-from PIL import Image
-
-from modeling_intrada.data import DatasetCard, encode_png
+from modeling_intrada.data.datasets import DatasetCard, encode_png
 from modeling_intrada.labels import DIGITS
 
 DATASETS = ("mnist", "usps", "svhn")

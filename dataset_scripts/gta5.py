@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-from _builder import (
+
+from modeling_intrada.data.building import (
     BuildResult,
     Example,
     SplitPlan,
@@ -34,8 +35,7 @@ from _builder import (
     require_dir,
     segmentation_row,
 )
-
-from modeling_intrada.data import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import DatasetCard, segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from _builder import (
+from modeling_intrada.data.building import (
     BuildResult,
     Example,
     SplitPlan,
@@ -28,8 +28,7 @@ from _builder import (
     require_dir,
     segmentation_row,
 )
-
-from modeling_intrada.data import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import DatasetCard, segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(

@@ -1,6 +1,6 @@
 """Build the embedded default dataset (procedural street scenes, two domains) into a folder.
 
-Training generates it by itself on first use (`modeling_intrada.synthetic`); this script is for
+Training generates it by itself on first use (`modeling_intrada.data.synthetic`); this script is for
 building it explicitly, at another size, or for pushing it to the Hub. Nothing is downloaded and
 the same `--seed` and sizes give byte-identical files. See `docs/datasets.md`.
 
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from _builder import push_to_hub
 
-from modeling_intrada.synthetic import SyntheticConfig, build_synthetic_dataset
+from modeling_intrada.data.building import push_to_hub
+from modeling_intrada.data.synthetic import SyntheticConfig, build_synthetic_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from _builder import (
+
+from modeling_intrada.data.building import (
     BuildResult,
     Example,
     SplitPlan,
@@ -34,8 +35,7 @@ from _builder import (
     require_dir,
     segmentation_row,
 )
-
-from modeling_intrada.data import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import DatasetCard, segmentation_features
 from modeling_intrada.labels import (
     SYNTHIA_13,
     SYNTHIA_13_OF_16,

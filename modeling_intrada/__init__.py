@@ -8,23 +8,42 @@ Importing the package registers the models with the Auto classes::
 
 Saved folders also carry the modeling code (`auto_map`), so `trust_remote_code=True` loads them in an
 interpreter that never imported this package.
+
+Layout (docs/architecture.md): `models/` one folder per model, `method/` the paper's losses, frameworks and
+ranking, `data/` datasets and their building, `evaluation/` the metric and the evaluator, `publishing/` cards
+and the Hub, `training/` the arguments, the stage loop and the pipeline. Imports go in that order.
 """
 
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_deeplabv2 import DeepLabV2Config
-from .configuration_fc_discriminator import FCDiscriminatorConfig
-from .image_processing_deeplabv2 import DeepLabV2ImageProcessor
-from .modeling_deeplabv2 import DeepLabV2ForSemanticSegmentation, DeepLabV2SegmenterOutput, logits_size
-from .modeling_fc_discriminator import FCDiscriminator
+from modeling_intrada.models.deeplabv2.configuration_deeplabv2 import DeepLabV2Config
+from modeling_intrada.models.deeplabv2.image_processing_deeplabv2 import DeepLabV2ImageProcessor
+from modeling_intrada.models.deeplabv2.modeling_deeplabv2 import (
+    DeepLabV2ForSemanticSegmentation,
+    DeepLabV2SegmenterOutput,
+    logits_size,
+)
+from modeling_intrada.models.digit_classifier.configuration_digit_classifier import DigitClassifierConfig
+from modeling_intrada.models.digit_classifier.modeling_digit_classifier import (
+    DigitClassifier,
+    DigitClassifierOutput,
+)
+from modeling_intrada.models.fc_discriminator.configuration_fc_discriminator import FCDiscriminatorConfig
+from modeling_intrada.models.fc_discriminator.modeling_fc_discriminator import FCDiscriminator
+from modeling_intrada.models.feature_discriminator.configuration_feature_discriminator import (
+    FeatureDiscriminatorConfig,
+)
+from modeling_intrada.models.feature_discriminator.modeling_feature_discriminator import FeatureDiscriminator
 
 __version__ = "0.1.0"
 
+# The segmenter (G) and its entropy-map discriminator (SPEC sections 1-2).
 AutoConfig.register(DeepLabV2Config.model_type, DeepLabV2Config, exist_ok=True)
 AutoConfig.register(FCDiscriminatorConfig.model_type, FCDiscriminatorConfig, exist_ok=True)
 AutoModel.register(DeepLabV2Config, DeepLabV2ForSemanticSegmentation, exist_ok=True)
@@ -33,6 +52,12 @@ AutoModel.register(FCDiscriminatorConfig, FCDiscriminator, exist_ok=True)
 AutoImageProcessor.register(
     DeepLabV2Config, image_processor_classes={"pil": DeepLabV2ImageProcessor}, exist_ok=True
 )
+# The digits experiments (paper section 4.3): the classifier G and its feature-level discriminator.
+AutoConfig.register(DigitClassifierConfig.model_type, DigitClassifierConfig, exist_ok=True)
+AutoConfig.register(FeatureDiscriminatorConfig.model_type, FeatureDiscriminatorConfig, exist_ok=True)
+AutoModel.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
+AutoModelForImageClassification.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
+AutoModel.register(FeatureDiscriminatorConfig, FeatureDiscriminator, exist_ok=True)
 
 # Saved folders get the code and an `auto_map`, for `trust_remote_code=True` without this package.
 DeepLabV2Config.register_for_auto_class()
@@ -40,6 +65,10 @@ DeepLabV2ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSe
 DeepLabV2ImageProcessor.register_for_auto_class("AutoImageProcessor")
 FCDiscriminatorConfig.register_for_auto_class()
 FCDiscriminator.register_for_auto_class("AutoModel")
+DigitClassifierConfig.register_for_auto_class()
+DigitClassifier.register_for_auto_class("AutoModelForImageClassification")
+FeatureDiscriminatorConfig.register_for_auto_class()
+FeatureDiscriminator.register_for_auto_class("AutoModel")
 
 __all__ = [
     "DeepLabV2Config",
@@ -55,21 +84,3 @@ __all__ = [
     "FeatureDiscriminatorConfig",
     "logits_size",
 ]
-
-# The digits experiments (paper section 4.3): the classifier G and its feature-level discriminator.
-from transformers import AutoModelForImageClassification  # noqa: E402
-
-from .configuration_digit_classifier import DigitClassifierConfig  # noqa: E402
-from .configuration_feature_discriminator import FeatureDiscriminatorConfig  # noqa: E402
-from .modeling_digit_classifier import DigitClassifier, DigitClassifierOutput  # noqa: E402
-from .modeling_feature_discriminator import FeatureDiscriminator  # noqa: E402
-
-AutoConfig.register(DigitClassifierConfig.model_type, DigitClassifierConfig, exist_ok=True)
-AutoConfig.register(FeatureDiscriminatorConfig.model_type, FeatureDiscriminatorConfig, exist_ok=True)
-AutoModel.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
-AutoModelForImageClassification.register(DigitClassifierConfig, DigitClassifier, exist_ok=True)
-AutoModel.register(FeatureDiscriminatorConfig, FeatureDiscriminator, exist_ok=True)
-DigitClassifierConfig.register_for_auto_class()
-DigitClassifier.register_for_auto_class("AutoModelForImageClassification")
-FeatureDiscriminatorConfig.register_for_auto_class()
-FeatureDiscriminator.register_for_auto_class("AutoModel")

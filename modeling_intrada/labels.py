@@ -204,7 +204,7 @@ DIGIT_PALETTE = (
     (23, 190, 207),
 )
 
-# The synthetic default (modeling_intrada.synthetic) draws these Cityscapes classes, keeping their
+# The synthetic default (modeling_intrada.data.synthetic) draws these Cityscapes classes, keeping their
 # trainIds so that its id2label is the Cityscapes one.
 SYNTHETIC_TRAIN_IDS = (0, 1, 2, 5, 7, 8, 10, 11, 13)  # road .. car, see synthetic.py
 # Pole, sign and person: each covers under 2 % of the synthetic pixels and is absent from a

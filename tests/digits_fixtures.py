@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import gzip
 import struct
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy.io import savemat
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataset_scripts"))
-
-import digits as digits_builder
+from dataset_scripts import digits as digits_builder
 
 
 def templates(side: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
-from modeling_intrada.backbone_weights import map_efficientnet_lite_state_dict
+from modeling_intrada.models.deeplabv2.backbone_weights import map_efficientnet_lite_state_dict
 
 timm = pytest.importorskip("timm")
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import camvid_study
+from benchmarks import camvid_study
 
 
 def seed_result(seed: int, dusk: dict[str, float], seconds: dict[str, float]) -> dict:

@@ -1,4 +1,4 @@
-"""modeling_intrada.cards: the cards of a real (tiny) run parse back with huggingface_hub and carry the
+"""modeling_intrada.publishing.cards: the cards of a real (tiny) run parse back with huggingface_hub and carry the
 mIoU the run measured, with every selection rule named as such."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from evaluate_miou import main as evaluate_main
 from huggingface_hub import DatasetCard
 from huggingface_hub.repocard import metadata_load
 
-from modeling_intrada.cards import (
+from modeling_intrada.evaluation.evaluator import main as evaluate_main
+from modeling_intrada.publishing.cards import (
     RunSummary,
     built_dataset_card,
     dataset_terms,

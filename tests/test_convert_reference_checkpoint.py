@@ -7,11 +7,15 @@ import sys
 
 import pytest
 import torch
-from reference_deeplab import RefResNetMulti, randomize_batchnorm, ref_fc_discriminator
 from transformers import AutoModel, AutoModelForSemanticSegmentation
 
+from benchmarks.reference_deeplab import RefResNetMulti, randomize_batchnorm, ref_fc_discriminator
 from modeling_intrada import FCDiscriminator
-from modeling_intrada.convert_reference_checkpoint import convert_checkpoint, detect_kind, main
+from modeling_intrada.models.deeplabv2.convert_reference_checkpoint import (
+    convert_checkpoint,
+    detect_kind,
+    main,
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +120,7 @@ def test_cli(tmp_path, capsys):
         [
             sys.executable,
             "-m",
-            "modeling_intrada.convert_reference_checkpoint",
+            "modeling_intrada.models.deeplabv2.convert_reference_checkpoint",
             "--checkpoint",
             str(tmp_path / "missing.pth"),
             "--output_dir",

@@ -8,7 +8,7 @@ import pytest
 PROGRAM = """
 import resource, sys
 import torch
-from modeling_intrada.cpu_allocator import keep_freed_memory
+from modeling_intrada.training.cpu_allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():

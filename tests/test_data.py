@@ -1,4 +1,4 @@
-"""The built-dataset write path and the training read path (modeling_intrada.data)."""
+"""The built-dataset write path and the training read path (modeling_intrada.data.datasets)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_intrada import transforms
-from modeling_intrada.data import (
+from modeling_intrada.models.deeplabv2 import image_transforms as transforms
+from modeling_intrada.data.datasets import (
     DatasetCard,
     SegmentationDataset,
     SegmentationTransform,

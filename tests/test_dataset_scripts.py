@@ -15,17 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import modeling_intrada.data.building as _builder
+from dataset_scripts import camvid, cityscapes, gta5, synscapes, synthia
 from modeling_intrada import labels
-from modeling_intrada.data import load_split, read_label_space
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataset_scripts"))
-
-import _builder
-import camvid
-import cityscapes
-import gta5
-import synscapes
-import synthia
+from modeling_intrada.data.datasets import load_split, read_label_space
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -559,7 +552,9 @@ def test_camvid_real_counts(shared_data):
 
 
 def test_synthetic_command_line(tmp_path, capsys):
-    import synthetic  # dataset_scripts/synthetic.py, a thin CLI over modeling_intrada.synthetic
+    from dataset_scripts import (
+        synthetic,  # dataset_scripts/synthetic.py, a thin CLI over modeling_intrada.data.synthetic
+    )
 
     sizes = [
         "--num_source",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,12 +14,9 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from modeling_intrada.data import load_split, read_id2label
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataset_scripts"))
-
-import _builder
-import digits
+import modeling_intrada.data.building as _builder
+from dataset_scripts import digits
+from modeling_intrada.data.datasets import load_split, read_id2label
 
 # The canonical class counts (digits 0..9) of the real files.
 MNIST_COUNTS = {

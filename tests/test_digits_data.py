@@ -1,13 +1,20 @@
-"""training/digits_data.py: built digits datasets to network inputs (USPS 16x16 -> 28x28, SVHN, MNIST -> RGB 32)."""
+"""modeling_intrada/data/digits.py: built digits datasets to network inputs (USPS 16x16 -> 28x28, SVHN, MNIST -> RGB 32)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from digits_data import DigitsSplit, RandomAffine, load_digits, pixel_values, to_network_input
 from digits_fixtures import build, digit_images, raw_mnist, raw_svhn, raw_usps
 from PIL import Image
+
+from modeling_intrada.data.digits import (
+    DigitsSplit,
+    RandomAffine,
+    load_digits,
+    pixel_values,
+    to_network_input,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The digits pipeline (training/digits_pipeline.py): ranking on a classifier, the task in the loop, end to end."""
+"""The digits pipeline (modeling_intrada/training/digits.py): ranking on a classifier, the task in the loop, end to end."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 from digits_fixtures import build, raw_mnist, raw_svhn, raw_usps
-from digits_pipeline import main as digits_main
-from digits_pipeline import parse_digits_arguments
-from run_intrada import main as run_intrada_main
 
 from modeling_intrada import DigitClassifier, DigitClassifierConfig
-from modeling_intrada.adaptation import ClassificationTask, LevelOutput
-from modeling_intrada.losses import weighted_self_information
-from modeling_intrada.ranking import load_ranking, rank_by_entropy, save_ranking
+from modeling_intrada.method.adaptation import ClassificationTask, LevelOutput
+from modeling_intrada.method.losses import weighted_self_information
+from modeling_intrada.method.ranking import load_ranking, rank_by_entropy, save_ranking
+from modeling_intrada.training.digits import main as digits_main
+from modeling_intrada.training.digits import parse_digits_arguments
+from modeling_intrada.training.pipeline import main as run_intrada_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 TINY = [

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from distributed_utils import accelerator_kwargs, run_on_processes
-from evaluation import sharded_batches
-from stage_loop import AdaptationStage, StageSettings
 from test_stage_loop import Rows, TinySegmenter, discriminators
 
-from modeling_intrada.adaptation import SegmentationTask, poly_learning_rate
-from modeling_intrada.ranking import rank_by_entropy, save_ranking
+from modeling_intrada.evaluation.segmentation import sharded_batches
+from modeling_intrada.method.adaptation import SegmentationTask, poly_learning_rate
+from modeling_intrada.method.ranking import rank_by_entropy, save_ranking
+from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
 
 
 def _train_worker(rank: int, out_dir: str) -> None:

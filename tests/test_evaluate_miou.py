@@ -13,13 +13,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from evaluate_miou import find_snapshots, label_mapping, main, parse_arguments, resolve_dataset
-from evaluation import EvaluationSplit, mean_entropy
 from PIL import Image
 from tiny_run import TINY_BACKBONE
 
 from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation, DeepLabV2ImageProcessor
-from modeling_intrada.data import load_split
+from modeling_intrada.data.datasets import load_split
+from modeling_intrada.evaluation.evaluator import (
+    find_snapshots,
+    label_mapping,
+    main,
+    parse_arguments,
+    resolve_dataset,
+)
+from modeling_intrada.evaluation.segmentation import EvaluationSplit, mean_entropy
 from modeling_intrada.labels import (
     CITYSCAPES,
     CITYSCAPES_TO_SYNTHIA_16,

@@ -1,4 +1,4 @@
-"""modeling_intrada.hub end to end against a loopback Hub (tests/hub_server.py): push a real (tiny) run with
+"""modeling_intrada.publishing.hub end to end against a loopback Hub (tests/hub_server.py): push a real (tiny) run with
 `training/push_to_hub.py`, then read it back through the same endpoint with `from_pretrained` (the model's own
 code, `trust_remote_code`) and `load_dataset`; a failed upload keeps everything local and names the retry.
 
@@ -24,8 +24,8 @@ from hub_server import FakeHub
 from huggingface_hub import DatasetCard, ModelCard
 
 from modeling_intrada import DeepLabV2ForSemanticSegmentation, FCDiscriminator
-from modeling_intrada.cards import measured_mean_ious
-from modeling_intrada.hub import push_run_to_hub
+from modeling_intrada.publishing.cards import measured_mean_ious
+from modeling_intrada.publishing.hub import push_run_to_hub
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL, RANKING = "someone/intrada-tiny", "someone/intrada-tiny-ranking"
@@ -253,7 +253,7 @@ def test_training_program_pushes_at_the_end(tiny, hub, tmp_path):
 
 
 def test_push_to_hub_needs_a_model_id():
-    from intrada_arguments import parse_arguments
+    from modeling_intrada.training.arguments import parse_arguments
 
     with pytest.raises(ValueError, match="needs --hub_model_id"):
         parse_arguments(["--push_to_hub"])
@@ -262,8 +262,8 @@ def test_push_to_hub_needs_a_model_id():
 EVALUATOR = """
 import sys
 from huggingface_hub import HfApi
-from evaluate_miou import main
-from modeling_intrada.hub import push_run_to_hub
+from modeling_intrada.evaluation.evaluator import main
+from modeling_intrada.publishing.hub import push_run_to_hub
 
 run_dir, data, out = sys.argv[1:4]
 push_run_to_hub(run_dir, "{model}")
@@ -277,7 +277,7 @@ main(["--model", "{model}", "--dataset", "{dataset}", "--dataset_config", "targe
 @pytest.mark.slow
 def test_evaluate_a_hub_model_on_a_hub_dataset(tiny, hub, tmp_path):
     """evaluate_miou.py with a Hub model id and a Hub dataset id gives the local evaluation's matrix."""
-    from evaluate_miou import main as evaluate_main
+    from modeling_intrada.evaluation.evaluator import main as evaluate_main
 
     run_dir, data = tiny
     dataset_id = "someone/synthetic-tiny"

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 
 from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation, DeepLabV2ImageProcessor
-from modeling_intrada.transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
+from modeling_intrada.models.deeplabv2.image_transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture

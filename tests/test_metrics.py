@@ -15,7 +15,7 @@ import torch
 from distributed_utils import accelerator_kwargs, run_on_processes
 from PIL import Image
 
-from modeling_intrada.metrics import (
+from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
     MeanIoU,
     Protocol,
@@ -441,7 +441,7 @@ def test_evaluate_module_from_the_repository_root_and_elsewhere(evaluate_lib, tm
     expected = metric.compute(protocol="13", id2label=names).to_dict()
 
     monkeypatch.chdir(PROJECT_ROOT)
-    from_root = evaluate_lib.load("metrics/intrada_mean_iou")
+    from_root = evaluate_lib.load("modeling_intrada/evaluation/intrada_mean_iou")
     monkeypatch.chdir(tmp_path)
     from_elsewhere = evaluate_lib.load(evaluate_module_path())
     for module in (from_root, from_elsewhere):

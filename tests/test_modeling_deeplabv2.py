@@ -16,7 +16,7 @@ from modeling_intrada import (
     DeepLabV2ImageProcessor,
     logits_size,
 )
-from modeling_intrada.losses import deeplab_loss
+from modeling_intrada.models.deeplabv2.loss_deeplabv2 import deeplab_loss
 
 
 def count(module: torch.nn.Module) -> int:
@@ -126,7 +126,7 @@ def test_loss_is_spec_section_3(small_model):
         ignore_index=255,
     )
     torch.testing.assert_close(out.loss, main + 0.1 * aux)
-    torch.testing.assert_close(deeplab_loss(out.logits, out.aux_logits, labels), out.loss)
+    torch.testing.assert_close(deeplab_loss(out.logits, out.aux_logits, labels, ignore_index=255), out.loss)
 
 
 def test_save_load_round_trip_is_exact_and_safetensors_only(small_model, tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from modeling_intrada.losses import weighted_self_information
-from modeling_intrada.ranking import (
+from modeling_intrada.method.losses import weighted_self_information
+from modeling_intrada.method.ranking import (
     check_lambda,
     load_ranking,
     normalization_factor,
@@ -71,7 +71,7 @@ class ConstantModel(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, pixel_values: torch.Tensor):
-        from modeling_intrada.modeling_deeplabv2 import DeepLabV2SegmenterOutput
+        from modeling_intrada.models.deeplabv2.modeling_deeplabv2 import DeepLabV2SegmenterOutput
 
         index = pixel_values[:, 0, 0, 0].long()
         return DeepLabV2SegmenterOutput(logits=self.logits[index])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import run_intrada
 import yaml
-from intrada_arguments import parse_arguments
 from transformers import AutoModelForSemanticSegmentation
 
+import modeling_intrada.training.pipeline as run_intrada
 from modeling_intrada import FCDiscriminator
+from modeling_intrada.training.arguments import parse_arguments
 
 SMALL = [
     "--backbone", "timm:mobilenetv3_small_050",

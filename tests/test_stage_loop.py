@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from stage_loop import AdaptationStage, StageSettings
 from torch import nn
 
 from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
-from modeling_intrada.adaptation import SegmentationTask, poly_learning_rate
-from modeling_intrada.modeling_deeplabv2 import DeepLabV2SegmenterOutput
+from modeling_intrada.method.adaptation import SegmentationTask, poly_learning_rate
+from modeling_intrada.models.deeplabv2.modeling_deeplabv2 import DeepLabV2SegmenterOutput
+from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
 
 NUM_CLASSES = 3
 

@@ -1,4 +1,4 @@
-"""The embedded default dataset (modeling_intrada.synthetic)."""
+"""The embedded default dataset (modeling_intrada.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_intrada.data import build_segmentation_dataset, load_split, read_label_space
-from modeling_intrada.labels import CITYSCAPES, SYNTHETIC, SYNTHETIC_RARE_TRAIN_IDS, SYNTHETIC_TRAIN_IDS
-from modeling_intrada.synthetic import (
+from modeling_intrada.data.datasets import build_segmentation_dataset, load_split, read_label_space
+from modeling_intrada.data.synthetic import (
     PARAMS_FILE,
     SyntheticConfig,
     build_synthetic_dataset,
     default_synthetic_dir,
 )
+from modeling_intrada.labels import CITYSCAPES, SYNTHETIC, SYNTHETIC_RARE_TRAIN_IDS, SYNTHETIC_TRAIN_IDS
 
 SMALL = {"num_source": 6, "num_target_train": 6, "num_target_val": 6, "height": 48, "width": 96}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_intrada.synthetic import build_synthetic_dataset
+from modeling_intrada.data.synthetic import build_synthetic_dataset
 
 TINY_BACKBONE = "timm:mobilenetv3_small_100"
 
@@ -24,7 +24,7 @@ def build_tiny_run(root: Path) -> tuple[Path, Path]:
     run_dir = root / "run"
     if (run_dir / "eval" / "metrics.json").is_file():
         return run_dir, data
-    from run_intrada import main
+    from modeling_intrada.training.pipeline import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only wait for each other on a shared machine

@@ -1,4 +1,4 @@
-"""Publish an existing run folder on the Hugging Face Hub (see `modeling_intrada.hub.push_run_to_hub`).
+"""Publish an existing run folder on the Hugging Face Hub (see `modeling_intrada.publishing.hub.push_run_to_hub`).
 
     python training/push_to_hub.py --output_dir outputs/intrada-gta5 --hub_model_id <user>/intrada-gta5 \\
         [--private] [--push_discriminators] [--ranking_repo_id <user>/intrada-gta5-ranking] \\
@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from modeling_intrada.hub import PushError, push_run_to_hub
+from modeling_intrada.publishing.hub import PushError, push_run_to_hub
 
 
 def build_parser() -> argparse.ArgumentParser:

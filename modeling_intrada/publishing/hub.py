@@ -1,0 +1,282 @@
+"""Publish a training run on the Hugging Face Hub: the segmenter (+ discriminators) and the ranking splits.
+
+`push_run_to_hub(output_dir, hub_model_id, ...)` makes up to two commits, each in one piece:
+
+- the **model repository** `hub_model_id`: G_intra (or G_inter) as saved by the run (`model.safetensors`,
+  `config.json` with its `auto_map` and the modeling files, so `trust_remote_code=True` works, the image
+  processor), its card (`cards.segmenter_card`, with the measured mIoU in the model index), the run's
+  `config.yaml` and metrics under `run/`, and, with `push_discriminators=True`, the stage's discriminators in
+  `discriminators/{aux,main}/` with their cards;
+- the **dataset repository** `ranking_repo_id`: the ranking splits (`data/*.parquet`, whose pseudo labels are
+  PNG bytes inside the Parquet files, `ranking.json`, `ranking.png`) with the card of `cards.ranking_card`.
+
+Every file is read from the run folder, and the cards are generated in memory: nothing local is written,
+moved or deleted, so a failed upload loses nothing, and `PushError` says what was pushed and what to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modeling_intrada.publishing.cards import (
+    LEVELS,
+    RunSummary,
+    discriminator_card,
+    ranking_card,
+    segmenter_card,
+)
+
+MODEL_FILES_REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")
+RANKING_FILES_REQUIRED = ("ranking.json",)
+
+
+class PushError(RuntimeError):
+    """An upload failed. Nothing local was changed; the message names what to retry and how.
+
+    Attributes:
+        pushed: what was uploaded before the failure ("model" / "ranking splits") -> commit URL.
+        failed: what failed -> the error's text.
+        retry_command: a `training/push_to_hub.py` command that pushes only what failed.
+    """
+
+    def __init__(self, message: str, pushed: dict[str, str], failed: dict[str, str], retry_command: str):
+        super().__init__(message)
+        self.pushed, self.failed, self.retry_command = pushed, failed, retry_command
+
+
+@dataclass
+class UploadPlan:
+    """One commit: the repository and the files, each a local file (Path) or generated content (bytes)."""
+
+    what: str
+    repo_id: str
+    repo_type: str
+    files: dict[str, Path | bytes] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line per file: path in the repository <- where it comes from."""
+        lines = [f"{self.what}: {self.repo_type} repository {self.repo_id}"]
+        for name, source in sorted(self.files.items()):
+            origin = str(source) if isinstance(source, Path) else f"generated ({len(source)} bytes)"
+            lines.append(f"  {name} <- {origin}")
+        return "\n".join(lines)
+
+
+def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """Every file under `folder` (recursively), keyed by its path in the repository."""
+    return {
+        prefix + path.relative_to(folder).as_posix(): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.name != ".DS_Store"
+    }
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a model folder that would not load with `trust_remote_code` from the Hub.
+
+    Raises:
+        FileNotFoundError: a required file or a modeling file named by `auto_map` is missing.
+        ValueError: `config.json` has no `auto_map`.
+    """
+    missing = [name for name in MODEL_FILES_REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: expected a folder written by save_pretrained")
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+    if not auto_map:
+        raise ValueError(
+            f"{folder / 'config.json'} has no auto_map: save the model with `modeling_intrada` imported, so "
+            "that its code travels with it (trust_remote_code)"
+        )
+    modules = {reference.split(".")[0] for reference in auto_map.values()}
+    absent = sorted(m + ".py" for m in modules if not (folder / f"{m}.py").is_file())
+    if absent:
+        raise FileNotFoundError(f"{folder}: auto_map names {absent}, which are not in the folder")
+
+
+def plan_model_upload(
+    run: RunSummary,
+    repo_id: str,
+    *,
+    stage: str,
+    push_discriminators: bool = False,
+    ranking_repo_id: str | None = None,
+) -> UploadPlan:
+    """The files of the model repository: the stage's generator, card, run files and optional discriminators."""
+    folder = run.model_dir(stage)
+    check_model_folder(folder)
+    plan = UploadPlan("model", repo_id, "model", _folder_files(folder))
+    card = segmenter_card(run, stage, repo_id, ranking_repo_id=ranking_repo_id)
+    plan.files["README.md"] = str(card).encode()
+    plan.files["run/config.yaml"] = run.output_dir / "config.yaml"
+    for name in ("metrics.json", "results.md"):
+        if (run.output_dir / "eval" / name).is_file():
+            plan.files[f"run/{name}"] = run.output_dir / "eval" / name
+    if push_discriminators:
+        root = run.output_dir / stage / "discriminators"
+        levels = [level for level in LEVELS if (root / level / "config.json").is_file()]
+        if not levels:
+            raise FileNotFoundError(f"push_discriminators: {root} holds no discriminator (aux/ or main/)")
+        for level in levels:
+            subfolder = f"discriminators/{level}"
+            plan.files.update(_folder_files(root / level, subfolder + "/"))
+            # transformers looks for the `auto_map` code of `from_pretrained(repo, subfolder=...)` at the
+            # repository root (transformers 5.x), so the discriminator's modeling files go there as well.
+            for code in sorted((root / level).glob("*.py")):
+                plan.files.setdefault(code.name, code)
+            plan.files[f"{subfolder}/README.md"] = str(
+                discriminator_card(run, stage, level, repo_id, subfolder)
+            ).encode()
+    return plan
+
+
+def plan_ranking_upload(run: RunSummary, repo_id: str, *, model_repo_id: str | None = None) -> UploadPlan:
+    """The files of the ranking-splits dataset repository: Parquet, statistics, picture and card."""
+    folder = run.output_dir / "ranking"
+    missing = [name for name in RANKING_FILES_REQUIRED if not (folder / name).is_file()]
+    if missing or not list((folder / "data").glob("*.parquet")):
+        raise FileNotFoundError(f"{folder} is not a ranking-splits folder (ranking.json and data/*.parquet)")
+    files = {name: path for name, path in _folder_files(folder).items() if name != "README.md"}
+    plan = UploadPlan("ranking splits", repo_id, "dataset", files)
+    plan.files["README.md"] = str(ranking_card(run, repo_id, model_repo_id=model_repo_id)).encode()
+    return plan
+
+
+def upload(
+    plan: UploadPlan, *, private: bool = False, token: str | None = None, commit_message: str = ""
+) -> str:
+    """Create the repository if needed and commit every file of `plan` at once; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=name, path_or_fileobj=str(source) if isinstance(source, Path) else source
+        )
+        for name, source in sorted(plan.files.items())
+    ]
+    info = api.create_commit(
+        plan.repo_id,
+        operations,
+        commit_message=commit_message or f"Upload the IntraDA {plan.what}",
+        repo_type=plan.repo_type,
+    )
+    return str(info.commit_url)
+
+
+def _retry_command(
+    output_dir: Path,
+    hub_model_id: str | None,
+    ranking_repo_id: str | None,
+    failed: Sequence[str],
+    *,
+    stage: str,
+    private: bool,
+    push_discriminators: bool,
+    metrics_files: Sequence[str | Path],
+) -> str:
+    words = ["python", "training/push_to_hub.py", "--output_dir", str(output_dir), "--stage", stage]
+    if hub_model_id:
+        words += ["--hub_model_id", hub_model_id]
+    if "model" not in failed:
+        words.append("--skip_model")
+    if ranking_repo_id and "ranking splits" in failed:
+        words += ["--ranking_repo_id", ranking_repo_id]
+    if private:
+        words.append("--private")
+    if push_discriminators and "model" in failed:
+        words.append("--push_discriminators")
+    for path in metrics_files:
+        words += ["--metrics_file", str(path)]
+    return shlex.join(words)
+
+
+def push_run_to_hub(
+    output_dir: str | Path,
+    hub_model_id: str | None,
+    *,
+    ranking_repo_id: str | None = None,
+    stage: str | None = None,
+    private: bool = False,
+    push_discriminators: bool = False,
+    push_model: bool = True,
+    metrics_files: Iterable[str | Path] = (),
+    token: str | None = None,
+    commit_message: str = "",
+    dry_run: bool = False,
+) -> dict[str, str]:
+    """Publish a run folder: the model repository and, with `ranking_repo_id`, the ranking-splits dataset.
+
+    Args:
+        output_dir: the run folder (`config.yaml`, `inter/`, `intra/`, `ranking/`, `eval/`).
+        hub_model_id: the model repository ("user/name"); it also names the model in the ranking card.
+        ranking_repo_id: the dataset repository for the ranking splits (None: not pushed).
+        stage: "intra" or "inter": which generator is the model (default: G_intra when the run saved it).
+        private: create the repositories private (an existing repository keeps its visibility).
+        push_discriminators: also upload the stage's discriminators into `discriminators/{aux,main}/`.
+        push_model: False to push only the ranking splits (e.g. to retry them alone).
+        metrics_files: `evaluate_miou.py` outputs whose results on this run's models join the card.
+        token: a Hub token (default: the one `huggingface_hub` finds).
+        commit_message: the commits' message (default: "Upload the IntraDA model" / "... ranking splits").
+        dry_run: plan and generate everything but upload nothing; the result maps each part to its plan.
+
+    Returns:
+        What was pushed ("model", "ranking splits") -> the commit URL (or the plan, for a dry run).
+
+    Raises:
+        FileNotFoundError / ValueError: the run folder lacks what was asked for (checked before any upload).
+        PushError: an upload failed; the message says what was pushed and gives the command to retry the rest.
+    """
+    output_dir = Path(output_dir)
+    metrics_files = list(metrics_files)
+    if push_model and not hub_model_id:
+        raise ValueError("hub_model_id is required unless push_model=False")
+    if not push_model and not ranking_repo_id:
+        raise ValueError("nothing to push: push_model=False and no ranking_repo_id")
+    run = RunSummary.read(output_dir, metrics_files)
+    stage = stage or run.latest_stage()
+    plans = []  # everything is checked and generated before the first upload
+    if push_model:
+        plans.append(
+            plan_model_upload(
+                run,
+                hub_model_id,
+                stage=stage,
+                push_discriminators=push_discriminators,
+                ranking_repo_id=ranking_repo_id,
+            )
+        )
+    if ranking_repo_id:
+        plans.append(plan_ranking_upload(run, ranking_repo_id, model_repo_id=hub_model_id))
+    if dry_run:
+        return {plan.what: plan.describe() for plan in plans}
+    pushed: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for plan in plans:
+        try:
+            pushed[plan.what] = upload(plan, private=private, token=token, commit_message=commit_message)
+        except Exception as error:  # any failure of the network or the Hub: report it with the retry command
+            failed[plan.what] = f"{type(error).__name__}: {error}"
+    if failed:
+        retry = _retry_command(
+            output_dir,
+            hub_model_id,
+            ranking_repo_id,
+            list(failed),
+            stage=stage,
+            private=private,
+            push_discriminators=push_discriminators,
+            metrics_files=metrics_files,
+        )
+        lines = [f"Upload of the {what} failed: {error}" for what, error in failed.items()]
+        lines += [f"Pushed: the {what} -> {url}" for what, url in pushed.items()]
+        lines += [
+            f"Nothing local was changed: {output_dir} is intact.",
+            f"Retry what failed with: {retry}",
+        ]
+        raise PushError("\n".join(lines), pushed, failed, retry)
+    return pushed

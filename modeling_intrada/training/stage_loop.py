@@ -1,0 +1,482 @@
+"""The adversarial stage loop, one implementation for stage 1 (source vs target) and stage 3 (easy vs hard).
+
+`AdaptationStage.adversarial_iteration` is SPEC section 3 in the order it happens, on one screen. Everything around it
+(learning rates, mixed precision with two optimizers, gradient accumulation, checkpoints, snapshots,
+logging) lives in the other methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from modeling_intrada.method.adaptation import (
+    DISCRIMINATOR_FRAMEWORKS,
+    SOURCE_LABEL,
+    TARGET_LABEL,
+    check_framework,
+    poly_learning_rate,
+    set_learning_rate,
+)
+from modeling_intrada.method.losses import adversarial_loss
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
+STATE_FILE = "loop_state.json"
+
+
+@dataclass
+class StageSettings:
+    """The numbers of one adaptation stage (SPEC 3; every default is the paper's).
+
+    Args:
+        framework: advent | adaptsegnet | minent | source_only | feature.
+        segmentation_loss: supervised loss on the source (stage 3: the pseudo labels); False is the
+            "adversarial only" ablation of Table 2.
+        num_iterations: optimizer steps to run (the early stop, 120,000).
+        max_iters: length of the poly schedule (250,000).
+        learning_rate, momentum, weight_decay: G's SGD (heads at `head_lr_multiplier` x).
+        generator_optimizer: "sgd" (the paper) or "adam" (betas as the discriminators').
+        disc_learning_rate, disc_betas: the discriminators' Adam.
+        lr_power: exponent of the poly schedule.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        max_grad_norm: clip G's gradient norm (None: no clipping, as the paper).
+        checkpointing_steps: `save_state` every N steps (None: never); checkpoints_total_limit keeps the last K.
+        snapshot_steps: `save_pretrained` snapshots of G and D every N steps (None: never).
+        log_steps: losses to trackers and the progress bar every N steps (the only host syncs).
+        image_log_steps: a picture (image, prediction, entropy) to TensorBoard every N steps (0: never).
+        seed: data order and initialisation.
+        channels_last: NHWC memory format for the networks and inputs (faster convolutions on GPUs).
+        torch_compile: `torch.compile` the generator and the discriminators.
+    """
+
+    framework: str = "advent"
+    segmentation_loss: bool = True
+    num_iterations: int = 120_000
+    max_iters: int = 250_000
+    learning_rate: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    generator_optimizer: str = "sgd"
+    head_lr_multiplier: float = 10.0
+    reference_duplicate_params: bool = False
+    disc_learning_rate: float = 1e-4
+    disc_betas: tuple[float, float] = (0.9, 0.99)
+    lr_power: float = 0.9
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = None
+    snapshot_steps: int | None = 2000
+    log_steps: int = 10
+    image_log_steps: int = 0
+    seed: int = 1234
+    channels_last: bool = False
+    torch_compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_framework(self.framework)
+        if self.generator_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"generator_optimizer must be 'sgd' or 'adam', got {self.generator_optimizer!r}")
+        if self.num_iterations < 0 or self.max_iters < 1:
+            raise ValueError("num_iterations must be >= 0 and max_iters >= 1")
+        if self.num_iterations > self.max_iters:
+            raise ValueError(
+                f"num_iterations ({self.num_iterations}) exceeds the schedule length max_iters ({self.max_iters})"
+            )
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("gradient_accumulation_steps must be at least 1")
+        if not self.segmentation_loss and self.framework == "source_only":
+            raise ValueError("source_only without the segmentation loss trains nothing")
+
+    @property
+    def uses_discriminators(self) -> bool:
+        return self.framework in DISCRIMINATOR_FRAMEWORKS
+
+    @property
+    def uses_target(self) -> bool:
+        return self.framework != "source_only"
+
+
+def set_requires_grad(modules: Sequence[torch.nn.Module], flag: bool) -> None:
+    for module in modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(flag)
+
+
+@dataclass
+class StageResult:
+    iterations: int
+    output_dir: Path
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+class AdaptationStage:
+    """Train G (and one discriminator per level) for one stage.
+
+    Args:
+        accelerator: an `Accelerator` made with this stage's `gradient_accumulation_steps` and precision.
+        task: a `SegmentationTask` or `ClassificationTask` (how G's levels are read, what D sees).
+        generator: G, a `PreTrainedModel` with `parameter_groups` (segmentation) or plain parameters.
+        discriminators: one per level of `task` (empty for minent / source_only).
+        source, target: `(dataset, batch_size)`; source rows carry `labels`, target rows none.
+        settings: the stage's numbers.
+        output_dir: where checkpoints/, snapshots/ and the final model go.
+        save_generator: `(model, folder)` writer for snapshots (G + image processor).
+        picture: optional `(source_batch, target_batch, outputs) -> HxWx3 uint8` for TensorBoard.
+        num_workers: data-loading workers per stream.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        task,
+        generator: torch.nn.Module,
+        discriminators: Sequence[torch.nn.Module],
+        source: tuple[torch.utils.data.Dataset, int],
+        target: tuple[torch.utils.data.Dataset, int] | None,
+        settings: StageSettings,
+        output_dir: str | Path,
+        save_generator: Callable[[torch.nn.Module, Path], None] | None = None,
+        picture: Callable[..., object] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.accelerator, self.task, self.settings = accelerator, task, settings
+        self.output_dir = Path(output_dir)
+        self.save_generator = save_generator
+        self.picture = picture
+        self.num_workers = num_workers
+        if settings.uses_discriminators and len(discriminators) != len(task.level_names):
+            raise ValueError(
+                f"framework {settings.framework!r} needs one discriminator per level {task.level_names}, "
+                f"got {len(discriminators)}"
+            )
+        if settings.uses_target and target is None:
+            raise ValueError(f"framework {settings.framework!r} needs target data")
+        self.source, self.target = source, target
+        discriminators = list(discriminators) if settings.uses_discriminators else []
+        if accelerator.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        generator = generator.to(memory_format=self.memory_format)
+        discriminators = [d.to(memory_format=self.memory_format) for d in discriminators]
+
+        self.generator_optimizer = self._generator_optimizer(generator)
+        self.discriminator_optimizers = [
+            torch.optim.Adam(d.parameters(), lr=settings.disc_learning_rate, betas=tuple(settings.disc_betas))
+            for d in discriminators
+        ]
+        # Only the models are prepared: learning rates are set by hand from the global step (a prepared
+        # scheduler would step once per process), and the optimizers step under one shared GradScaler.
+        prepared = accelerator.prepare(generator, *discriminators)
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.generator, self.discriminators = prepared[0], list(prepared[1:])
+        if settings.torch_compile:
+            # Compiled wrappers around the prepared modules; state dicts and `unwrap_model` see the originals.
+            # Static shapes: source and target sizes differ, and the default (dynamic=None) answers the second
+            # size with one dynamic-shape graph, which compiled for over four minutes on an H200 (issue 7).
+            self.generator = torch.compile(self.generator, dynamic=False)
+            self.discriminators = [torch.compile(d, dynamic=False) for d in self.discriminators]
+        for optimizer in self.optimizers:
+            accelerator.register_for_checkpointing(optimizer)
+        self.completed_steps = 0
+        self.micro_step = 0
+
+    # ---------------------------------------------------------------------------------------- setup
+    def _generator_optimizer(self, generator: torch.nn.Module) -> torch.optim.Optimizer:
+        s = self.settings
+        if hasattr(generator, "parameter_groups"):
+            groups = generator.parameter_groups(
+                s.learning_rate, s.head_lr_multiplier, reference_duplicates=s.reference_duplicate_params
+            )
+        else:
+            groups = [
+                {"params": [p for p in generator.parameters() if p.requires_grad], "lr_multiplier": 1.0}
+            ]
+        if s.generator_optimizer == "adam":
+            return torch.optim.Adam(groups, lr=s.learning_rate, betas=tuple(s.disc_betas))
+        return torch.optim.SGD(groups, lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.generator_optimizer, *self.discriminator_optimizers]
+
+    def _streams(self) -> tuple[Iterator[dict], Iterator[dict] | None]:
+        from modeling_intrada.training.streams import stream_loader
+
+        acc, s = self.accelerator, self.settings
+        pin = acc.device.type == "cuda"
+
+        def stream(data: tuple[torch.utils.data.Dataset, int], offset: int) -> Iterator[dict]:
+            dataset, batch_size = data
+            return stream_loader(
+                dataset,
+                batch_size,
+                s.seed + offset,
+                acc.process_index,
+                acc.num_processes,
+                self.micro_step,
+                self.num_workers,
+                pin,
+            )
+
+        return stream(self.source, 0), (stream(self.target, 1) if self.settings.uses_target else None)
+
+    def _to_device(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        moved = {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+        }
+        moved["pixel_values"] = moved["pixel_values"].contiguous(memory_format=self.memory_format)
+        return moved
+
+    # ------------------------------------------------------------------------------------ one iteration
+    def adversarial_iteration(self, source: dict, target: dict | None) -> dict[str, torch.Tensor]:
+        """One micro-batch of SPEC 3: segmentation, adversarial on target with D frozen, D on detached maps."""
+        acc, task, s = self.accelerator, self.task, self.settings
+        generator, discriminators = self.generator, self.discriminators
+        losses: dict[str, torch.Tensor] = {}
+        set_requires_grad(discriminators, False)
+
+        # 1. Segmentation on the source (stage 3: easy images with pseudo labels). Without a target pass to
+        #    follow, this backward is the one that synchronises G's gradients across processes.
+        with torch.no_grad() if not s.segmentation_loss else nullcontext(), acc.autocast():
+            source_out = task.forward(generator, source["pixel_values"])
+        if s.segmentation_loss:
+            losses["loss_seg"] = task.supervised_loss(source_out, source["labels"])
+            with acc.no_sync(generator) if s.uses_target else nullcontext():
+                acc.backward(losses["loss_seg"])
+
+        # 2. Adversarial on the target: G tries to make D call target maps "source" (MinEnt: lower entropy).
+        if s.uses_target:
+            with acc.autocast():
+                target_out = task.forward(generator, target["pixel_values"])
+                if s.framework == "minent":
+                    losses["loss_ent"] = task.minent_loss(target_out)
+                else:
+                    target_maps = [
+                        task.discriminator_input(o) for o in target_out
+                    ]  # computed once, reused in 3.
+                    frozen = [
+                        acc.unwrap_model(d) for d in discriminators
+                    ]  # a fixed function here, no DDP sync
+                    losses["loss_adv"] = sum(
+                        w * adversarial_loss(d(m), SOURCE_LABEL)
+                        for w, d, m in zip(task.adversarial_weights(), frozen, target_maps)
+                    )
+            acc.backward(losses.get("loss_adv", losses.get("loss_ent")))
+
+        # 3. Discriminators on detached maps: source -> 0, target -> 1, each halved.
+        if s.uses_discriminators:
+            set_requires_grad(discriminators, True)
+            with acc.autocast():
+                source_maps = [task.discriminator_input(o.detach()) for o in source_out]
+                losses["loss_d_source"] = sum(
+                    adversarial_loss(d(m), SOURCE_LABEL) / 2 for d, m in zip(discriminators, source_maps)
+                )
+            acc.backward(losses["loss_d_source"])
+            with acc.autocast():
+                losses["loss_d_target"] = sum(
+                    adversarial_loss(d(m.detach()), TARGET_LABEL) / 2
+                    for d, m in zip(discriminators, target_maps)
+                )
+            acc.backward(losses["loss_d_target"])
+        self._last_outputs = (source_out, target_out if s.uses_target else None)
+        return losses
+
+    # ------------------------------------------------------------------------------------------ steps
+    def set_learning_rates(self, iteration: int) -> dict[str, float]:
+        """Poly schedule of the global optimizer step, identical on every process and any accumulation."""
+        s = self.settings
+        lr_g = poly_learning_rate(s.learning_rate, iteration, s.max_iters, s.lr_power)
+        lr_d = poly_learning_rate(s.disc_learning_rate, iteration, s.max_iters, s.lr_power)
+        set_learning_rate(self.generator_optimizer, lr_g)
+        for optimizer in self.discriminator_optimizers:
+            set_learning_rate(optimizer, lr_d)
+        return {"lr": lr_g, "lr_d": lr_d}
+
+    def optimizer_step(self) -> None:
+        """Step G, then both D; in fp16 one GradScaler serves all optimizers and updates once."""
+        scaler = self.accelerator.scaler
+        if self.settings.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.generator_optimizer)
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.settings.max_grad_norm)
+        for optimizer in self.optimizers:
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if scaler is not None:
+            scaler.update()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------------------------------------- the run
+    def run(self, resume_from_checkpoint: str | None = None) -> StageResult:
+        acc, s = self.accelerator, self.settings
+        if resume_from_checkpoint:
+            self.load_checkpoint(resume_from_checkpoint)
+        source_stream, target_stream = self._streams()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.generator.train()
+        for d in self.discriminators:
+            d.train()
+        progress = tqdm(
+            total=s.num_iterations,
+            initial=self.completed_steps,
+            disable=not acc.is_local_main_process,
+            desc=self.output_dir.name,
+            dynamic_ncols=True,
+        )
+        totals: dict[str, torch.Tensor] = {}
+        last: dict[str, float] = {}
+        while self.completed_steps < s.num_iterations:
+            learning_rates = self.set_learning_rates(self.completed_steps)
+            for _ in range(s.gradient_accumulation_steps):
+                source = self._to_device(next(source_stream))
+                target = self._to_device(next(target_stream)) if target_stream is not None else None
+                with acc.accumulate(self.generator, *self.discriminators):
+                    losses = self.adversarial_iteration(source, target)
+                self.micro_step += 1
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0) + value.detach() / s.gradient_accumulation_steps
+            self.optimizer_step()
+            self.completed_steps += 1
+            progress.update(1)
+            if self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations:
+                last = self._log(totals, learning_rates, progress)
+            totals = {}
+            if s.image_log_steps and self.completed_steps % s.image_log_steps == 0:
+                self._log_picture(source, target)
+            if s.checkpointing_steps and self.completed_steps % s.checkpointing_steps == 0:
+                self.save_checkpoint()
+            if s.snapshot_steps and self.completed_steps % s.snapshot_steps == 0:
+                self.save_snapshot(self.output_dir / "snapshots" / f"iter_{self.completed_steps:06d}")
+        progress.close()
+        acc.wait_for_everyone()
+        return StageResult(self.completed_steps, self.output_dir, last)
+
+    # -------------------------------------------------------------------------------------- logging
+    def _log(
+        self, totals: dict[str, torch.Tensor], learning_rates: dict[str, float], progress
+    ) -> dict[str, float]:
+        # The one host synchronisation: losses averaged over processes, every `log_steps` steps.
+        values = {}
+        for name, value in totals.items():
+            values[name] = float(self.accelerator.reduce(value.float(), reduction="mean"))
+        if any(not math.isfinite(v) for v in values.values()):
+            logger.warning("non-finite loss at iteration %d: %s", self.completed_steps, values)
+        values.update(learning_rates)
+        self.accelerator.log(values, step=self.completed_steps)
+        progress.set_postfix(
+            {k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")}, refresh=False
+        )
+        return values
+
+    def _log_picture(self, source: dict, target: dict | None) -> None:
+        if self.picture is None or not self.accelerator.is_main_process:
+            return
+        try:
+            tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        except (ValueError, AttributeError):
+            return
+        if tracker is None or not hasattr(tracker, "add_image"):
+            return
+        panel = self.picture(source, target, self._last_outputs)
+        tracker.add_image("prediction", panel, self.completed_steps, dataformats="HWC")
+
+    # ----------------------------------------------------------------------------------- persistence
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """`save_state` (models, optimizers, scaler, RNG) plus the loop position, atomically renamed."""
+        acc = self.accelerator
+        final = self.checkpoint_dir() / f"checkpoint_{self.completed_steps:06d}"
+        temporary = final.with_name(final.name + ".incomplete")
+        acc.save_state(str(temporary))
+        acc.wait_for_everyone()  # every process writes its RNG state there: all must be done before the rename
+        if acc.is_main_process:
+            state = {
+                "iteration": self.completed_steps,
+                "micro_step": self.micro_step,
+                "num_processes": acc.num_processes,
+            }
+            (temporary / STATE_FILE).write_text(json.dumps(state) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            temporary.rename(final)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.settings.checkpoints_total_limit
+        if not limit:
+            return
+        for old in sorted(list_checkpoints(self.checkpoint_dir()))[:-limit]:
+            shutil.rmtree(old)
+
+    def load_checkpoint(self, which: str) -> None:
+        path = resolve_checkpoint(which, self.checkpoint_dir())
+        state = json.loads((path / STATE_FILE).read_text())
+        if state["num_processes"] != self.accelerator.num_processes:
+            logger.warning(
+                "resuming a %d-process checkpoint on %d processes: the data order differs from an "
+                "uninterrupted run",
+                state["num_processes"],
+                self.accelerator.num_processes,
+            )
+        self.accelerator.load_state(str(path))
+        self.completed_steps, self.micro_step = int(state["iteration"]), int(state["micro_step"])
+        logger.info("resumed from %s at iteration %d", path, self.completed_steps)
+
+    def save_snapshot(self, folder: Path) -> None:
+        """G (+ image processor) and the discriminators with `save_pretrained`, loadable with `from_pretrained`."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            generator = acc.unwrap_model(self.generator)
+            if self.save_generator is not None:
+                self.save_generator(generator, folder / "generator")
+            else:
+                generator.save_pretrained(folder / "generator")
+            for name, d in zip(self.task.level_names, self.discriminators):
+                acc.unwrap_model(d).save_pretrained(folder / f"discriminator_{name}")
+        acc.wait_for_everyone()
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name) and (p / STATE_FILE).is_file()
+    )
+
+
+def resolve_checkpoint(which: str, folder: Path) -> Path:
+    """`latest` -> the newest complete checkpoint in `folder`; otherwise `which` must be a checkpoint folder."""
+    if which == "latest":
+        found = list_checkpoints(folder)
+        if not found:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
+        return found[-1]
+    path = Path(which)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint folder (expected {STATE_FILE} written by save_state)"
+        )
+    return path
