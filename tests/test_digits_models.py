@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from weights import assert_same_weights
 
 from modeling_intrada import (
     DigitClassifier,
@@ -129,8 +130,9 @@ def test_classifier_round_trip_and_auto(tmp_path, architecture):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), DigitClassifierConfig)
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is DigitClassifier and loaded.config.architecture == architecture
-    assert torch.equal(model(pixel_values=x).logits, loaded(pixel_values=x).logits)
-    assert torch.equal(model(pixel_values=x).features, loaded(pixel_values=x).features)
+    assert_same_weights(model, loaded)
+    torch.testing.assert_close(model(pixel_values=x).logits, loaded(pixel_values=x).logits)
+    torch.testing.assert_close(model(pixel_values=x).features, loaded(pixel_values=x).features)
     assert type(AutoModel.from_pretrained(tmp_path)) is DigitClassifier
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"].endswith("DigitClassifier")
@@ -143,7 +145,8 @@ def test_discriminator_round_trip(tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path)
     assert type(loaded) is FeatureDiscriminator and loaded.config.hidden_size == 64
     x = torch.randn(3, 512)
-    assert torch.equal(disc(x), loaded(x))
+    assert_same_weights(disc, loaded)
+    torch.testing.assert_close(disc(x), loaded(x))
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"].endswith(
         "FeatureDiscriminator"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoModel
+from weights import assert_same_weights
 
 from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
 
@@ -40,7 +41,8 @@ def test_round_trip(tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path)
     x = torch.randn(1, 5, 64, 64)
     assert type(loaded) is FCDiscriminator
-    assert torch.equal(discriminator(x), loaded(x))
+    assert_same_weights(discriminator, loaded)
+    torch.testing.assert_close(discriminator(x), loaded(x))
 
 
 def test_bad_input():

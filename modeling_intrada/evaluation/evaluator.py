@@ -44,6 +44,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumen
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
 from modeling_intrada.data.datasets import read_label_space
+from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
     MeanIoU,
@@ -54,14 +55,20 @@ from modeling_intrada.evaluation.metrics import (
 )
 from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation, mean_entropy
 from modeling_intrada.labels import LabelSpace, colorize, get_label_space
+from modeling_intrada.run_layout import (
+    CONFIG_FILE,
+    DONE_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PREDICTIONS_DIR,
+    RESULTS_FILE,
+    SNAPSHOTS_DIR,
+)
 
 logger = logging.getLogger("evaluate_miou")
 
 SELECTIONS = ("last", "min_entropy", "best_val")
-SYNTHETIC = "synthetic"
 SNAPSHOT_PATTERN = re.compile(r"^iter_(\d+)$")
-METRICS_FILE = "metrics.json"
-RESULTS_FILE = "results.md"
 SNAPSHOTS_FILE = "snapshots.json"
 
 
@@ -138,10 +145,16 @@ class EvaluationArguments:
 # ------------------------------------------------------------------------------------------- inputs
 @dataclass
 class Candidate:
-    """A generator to evaluate: a model folder and, for snapshots, the iteration it was saved at."""
+    """A generator to evaluate: a model folder and, for snapshots, the iteration it was saved at.
+
+    `name` and `title` are how a model given by name (the pipeline's G_inter, G_intra) is reported: the
+    key of its result in metrics.json and its row in the tables.
+    """
 
     path: str
     iteration: int | None = None
+    name: str | None = None
+    title: str | None = None
 
     @property
     def label(self) -> str:
@@ -163,8 +176,8 @@ def find_snapshots(folder: str | Path) -> tuple[list[Candidate], Path]:
         raise FileNotFoundError(
             f"--snapshots_dir {folder}: no such folder (expected <run>/<stage>/snapshots)"
         )
-    if (folder / "snapshots").is_dir() or (folder / "model" / "config.json").is_file():
-        stage_dir, folder = folder, folder / "snapshots"
+    if (folder / SNAPSHOTS_DIR).is_dir() or (folder / MODEL_DIR / "config.json").is_file():
+        stage_dir, folder = folder, folder / SNAPSHOTS_DIR
     else:
         stage_dir = folder.parent
     candidates = []
@@ -173,10 +186,9 @@ def find_snapshots(folder: str | Path) -> tuple[list[Candidate], Path]:
         if match and (path / "generator" / "config.json").is_file():
             candidates.append(Candidate(str(path / "generator"), int(match.group(1))))
     candidates.sort(key=lambda c: c.iteration)
-    final = stage_dir / "model"
+    final = stage_dir / MODEL_DIR
     if (final / "config.json").is_file():
-        done = stage_dir / "DONE"
-        iteration = int(done.read_text().split()[0]) if done.is_file() else None
+        iteration = stage_iteration(stage_dir)
         if not candidates or iteration is None or iteration > candidates[-1].iteration:
             candidates.append(Candidate(str(final), iteration))
     if not candidates:
@@ -187,33 +199,23 @@ def find_snapshots(folder: str | Path) -> tuple[list[Candidate], Path]:
     return candidates, stage_dir
 
 
+def stage_iteration(stage_dir: Path) -> int | None:
+    """The step count a finished stage recorded in its DONE file (None while it has none)."""
+    done = stage_dir / DONE_FILE
+    return int(done.read_text().split()[0]) if done.is_file() else None
+
+
 def read_run_config(stage_dir: Path | None) -> dict:
     """The `config.yaml` of the run that a stage folder belongs to, or {} when there is none."""
     if stage_dir is None:
         return {}
-    path = stage_dir.parent / "config.yaml"
+    path = stage_dir.parent / CONFIG_FILE
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def resolve_dataset(name: str, run_config: dict) -> str:
     """A dataset folder or Hub id; `synthetic` is the embedded default, built (or reused) as the run did."""
-    if name != SYNTHETIC:
-        return name
-    from modeling_intrada.data.synthetic import (
-        SyntheticConfig,
-        build_synthetic_dataset,
-        default_synthetic_dir,
-    )
-
-    seed = int(run_config.get("synthetic_seed", 0))
-    counts = run_config.get("synthetic_num_images") or [400, 200, 100]
-    config = SyntheticConfig(seed, *counts)
-    folder = run_config.get("synthetic_dir") or default_synthetic_dir(config)
-    return str(
-        build_synthetic_dataset(
-            folder, seed=seed, num_source=counts[0], num_target_train=counts[1], num_target_val=counts[2]
-        )
-    )
+    return resolve_dataset_name(name, run_config)
 
 
 def load_segmenter(
@@ -323,16 +325,29 @@ class Result:
 
 
 class Evaluator:
-    """Evaluates candidates on one labelled split, with one Accelerator, the same for every candidate."""
+    """Evaluates candidates on one labelled split, with one Accelerator, the same for every candidate.
 
-    def __init__(self, args: EvaluationArguments, accelerator: Accelerator) -> None:
+    The candidates are `--model`, the snapshots of `--snapshots_dir`, or, from a program, named models
+    (`candidates`, e.g. a run's G_inter and G_intra) evaluated one by one; `run_config` gives the options
+    of the run they belong to (datasets, label space) when no config.yaml sits next to them.
+    """
+
+    def __init__(
+        self,
+        args: EvaluationArguments,
+        accelerator: Accelerator,
+        candidates: Sequence[Candidate] | None = None,
+        run_config: dict | None = None,
+    ) -> None:
         self.args, self.accelerator = args, accelerator
         self.stage_dir: Path | None = None
-        if args.snapshots_dir:
+        if candidates:
+            self.candidates = list(candidates)
+        elif args.snapshots_dir:
             self.candidates, self.stage_dir = find_snapshots(args.snapshots_dir)
         else:
-            self.candidates = [Candidate(args.model)]
-        self.run_config = read_run_config(self.stage_dir)
+            self.candidates = [Candidate(args.model, name="model")]
+        self.run_config = run_config if run_config is not None else read_run_config(self.stage_dir)
         first = self.candidates[-1]
         self.size, self.normalization = input_settings(
             first.path, args.revision, args.input_size, args.normalization
@@ -440,10 +455,25 @@ class Evaluator:
         table = [{"iteration": c.iteration, "model": c.path} for c in self.candidates]
         results: list[Result] = []
         if not a.snapshots_dir:
-            scores, confusion, predictions = self.evaluate(last, "evaluate", keep=True)
-            return [
-                Result("model", last.path, last, "given", "the model given", scores, confusion, predictions)
-            ], []
+            for candidate in self.candidates:
+                scores, confusion, predictions = self.evaluate(candidate, "evaluate", keep=True)
+                title = candidate.title or candidate.path
+                rule = (
+                    "the model given" if candidate.iteration is None else f"{candidate.label}, no selection"
+                )
+                results.append(
+                    Result(
+                        candidate.name or "model",
+                        title,
+                        candidate,
+                        "given",
+                        rule,
+                        scores,
+                        confusion,
+                        predictions,
+                    )
+                )
+            return results, []
 
         chosen: dict[str, tuple[Candidate, str]] = {
             "last": (last, f"the last snapshot ({last.label}), no selection")
@@ -649,18 +679,27 @@ def parse_arguments(argv: Sequence[str] | None = None) -> EvaluationArguments:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Evaluate, write the outputs, print the tables; returns the metrics.json content (on every process)."""
-    logging.basicConfig(level=logging.WARNING)
-    args = parse_arguments(argv)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    evaluator = Evaluator(args, accelerator)
+def evaluate_and_write(
+    args: EvaluationArguments,
+    accelerator: Accelerator,
+    candidates: Sequence[Candidate] | None = None,
+    run_config: dict | None = None,
+) -> dict:
+    """The evaluation of `evaluate_miou.py` and of the pipeline's eval stage: evaluate, write
+    metrics.json, results.md and the pictures into `args.output_dir`, print the tables.
+
+    Returns the metrics.json content (on every process).
+    """
+    evaluator = Evaluator(args, accelerator, candidates, run_config)
     results, snapshots = evaluator.run()
     output_dir = Path(args.output_dir)
     # Every process saves the pictures of the first rows it evaluated (no gathering of full-size maps).
     for result in results:
         save_pictures(
-            evaluator.rows, result.predictions, evaluator.label_space, output_dir / "predictions" / result.key
+            evaluator.rows,
+            result.predictions,
+            evaluator.label_space,
+            output_dir / PREDICTIONS_DIR / result.key,
         )
     document = metrics_document(evaluator, results, snapshots)
     if accelerator.is_main_process:
@@ -668,3 +707,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(results_markdown(evaluator, results, snapshots))
     accelerator.wait_for_everyone()
     return document
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """`training/evaluate_miou.py`: parse the command line, then `evaluate_and_write`."""
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_arguments(argv)
+    return evaluate_and_write(args, Accelerator(mixed_precision=args.mixed_precision))
