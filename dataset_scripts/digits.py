@@ -38,8 +38,9 @@ from modeling_intrada.data.building import (
     finish,
     require_dir,
 )
-from modeling_intrada.data.datasets import DatasetCard, encode_png
+from modeling_intrada.data.datasets import encode_png
 from modeling_intrada.labels import DIGITS
+from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 DATASETS = ("mnist", "usps", "svhn")
 FEATURES = datasets.Features(
@@ -207,10 +208,10 @@ SOURCES = {
 }
 
 
-def card(result: BuildResult, dataset: str) -> DatasetCard:
+def card(result: BuildResult, dataset: str) -> DatasetDescription:
     """The card of a digits build."""
     name, summary, terms = SOURCES[dataset]
-    return DatasetCard(
+    return DatasetDescription(
         pretty_name=name,
         license="other",
         summary=f"{summary} Used by the digits experiments of IntraDA (paper section 4.3).",

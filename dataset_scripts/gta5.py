@@ -35,8 +35,9 @@ from modeling_intrada.data.building import (
     require_dir,
     segmentation_row,
 )
-from modeling_intrada.data.datasets import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
+from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 read_train_ids = functools.partial(
     mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
@@ -69,14 +70,14 @@ def make_row(example: Example, resize_mismatched_label: bool = True) -> tuple[di
     return row, events
 
 
-def card(result: BuildResult, on_size_mismatch: str) -> DatasetCard:
+def card(result: BuildResult, on_size_mismatch: str) -> DatasetDescription:
     """The card of a GTA5 build."""
     handling = (
         "labels resized to their image size (nearest neighbour)"
         if on_size_mismatch == "resize_label"
         else "none allowed (--on_size_mismatch error)"
     )
-    return DatasetCard(
+    return DatasetDescription(
         pretty_name="GTA5 (Playing for Data), Cityscapes trainIds",
         license="other",
         summary=(

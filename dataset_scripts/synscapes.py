@@ -28,8 +28,9 @@ from modeling_intrada.data.building import (
     require_dir,
     segmentation_row,
 )
-from modeling_intrada.data.datasets import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
+from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 read_train_ids = functools.partial(
     mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
@@ -63,9 +64,9 @@ def list_examples(data_dir: Path) -> list[Example]:
     return [Example(key, image, label) for key, image, label in pairs]
 
 
-def card(result: BuildResult) -> DatasetCard:
+def card(result: BuildResult) -> DatasetDescription:
     """The card of a Synscapes build."""
-    return DatasetCard(
+    return DatasetDescription(
         pretty_name="Synscapes, Cityscapes trainIds",
         license="other",
         summary=(

@@ -35,7 +35,7 @@ from modeling_intrada.data.building import (
     require_dir,
     segmentation_row,
 )
-from modeling_intrada.data.datasets import DatasetCard, segmentation_features
+from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import (
     SYNTHIA_13,
     SYNTHIA_13_OF_16,
@@ -46,6 +46,7 @@ from modeling_intrada.labels import (
     LabelSpace,
     map_label_ids,
 )
+from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 LABEL_SPACES = {"synthia16": SYNTHIA_16, "synthia13": SYNTHIA_13}
 SYNTHIA_ID_TO_13 = {
@@ -79,10 +80,10 @@ def list_examples(data_dir: Path) -> list[Example]:
     return [Example(key, image, label) for key, image, label in pair_by_stem(images, labels)]
 
 
-def card(result: BuildResult, label_space: LabelSpace) -> DatasetCard:
+def card(result: BuildResult, label_space: LabelSpace) -> DatasetDescription:
     """The card of a SYNTHIA build."""
     subset = ", ".join(SYNTHIA_16.class_names[i] for i in SYNTHIA_13_OF_16)
-    return DatasetCard(
+    return DatasetDescription(
         pretty_name=f"SYNTHIA-RAND-CITYSCAPES, {label_space.num_classes} classes",
         license="cc-by-nc-sa-3.0",
         summary=(

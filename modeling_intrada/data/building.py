@@ -9,8 +9,8 @@ describes its card. `build_dataset` does the rest:
    order (so the output does not depend on `--num_proc`);
 3. writes the shards, `--num_proc` at a time, each row group streamed to disk (nothing holds a
    whole split in memory) into `<output_dir>.incomplete`, renamed to `<output_dir>` at the end;
-4. writes `label_space.json`, `id2label.json` and the `README.md` card, with the row counts and
-   what happened on the way (e.g. GTA5 pairs whose label was resized);
+4. writes `label_space.json`, `id2label.json` and the `README.md` card (`publishing.dataset_card`), with
+   the row counts and what happened on the way (e.g. GTA5 pairs whose label was resized);
 5. optionally uploads the folder to the Hub (`--push_to_hub`, private unless `--public`).
 """
 
@@ -29,15 +29,14 @@ from PIL import Image, ImageFile
 
 from modeling_intrada.data.datasets import (
     LABEL_SPACE_FILE,
-    DatasetCard,
     encode_label_png,
     encode_png,
     shard_file_name,
-    write_dataset_card,
     write_label_space,
     write_parquet_file,
 )
 from modeling_intrada.labels import LabelSpace, map_label_ids
+from modeling_intrada.publishing.dataset_card import DatasetDescription, write_dataset_card
 
 
 class BuildError(ValueError):
@@ -376,7 +375,7 @@ def build_dataset(
     output_dir: Path,
     plans: Sequence[SplitPlan],
     label_space: LabelSpace,
-    make_card: Callable[[BuildResult], DatasetCard],
+    make_card: Callable[[BuildResult], DatasetDescription],
     *,
     num_proc: int = 1,
     max_shard_size_mb: int = 500,

@@ -1,12 +1,13 @@
-"""Built datasets: writing them (Parquet shards, card, label space) and reading them for training.
+"""Built datasets: writing them (Parquet shards, label space) and reading them for training.
 
 A built dataset is a folder (or a Hub dataset repository) in the layout `datasets.load_dataset`
 reads: `<config>/<split>-00000-of-000NN.parquet` files whose rows hold the PNG bytes of `image`
 and, for labelled splits, `label` (uint8 train ids, 255 ignore), a stable `id` and metadata
-columns; a `README.md` card whose YAML header lists the configurations; and `label_space.json` /
-`id2label.json` with the classes. `dataset_scripts/` writes them from raw downloads,
-`modeling_intrada.data.synthetic` writes the embedded default, and training reads them with
-`SegmentationDataset` (map-style) or `StreamingSegmentationDataset` (iterable, for large sets).
+columns; a `README.md` card whose YAML header lists the configurations (written by
+`modeling_intrada.publishing.dataset_card`); and `label_space.json` / `id2label.json` with the
+classes. `dataset_scripts/` writes them from raw downloads, `modeling_intrada.data.synthetic` writes
+the embedded default, and training reads them with `SegmentationDataset` (map-style) or
+`StreamingSegmentationDataset` (iterable, for large sets).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import random
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -26,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from PIL import Image
 
 from modeling_intrada.labels import LabelSpace
@@ -42,7 +42,6 @@ from modeling_intrada.models.deeplabv2.image_transforms import (
 
 LABEL_SPACE_FILE = "label_space.json"
 ID2LABEL_FILE = "id2label.json"
-CARD_FILE = "README.md"
 
 # Row groups of at most this many rows or bytes: small enough that streaming reads little at a
 # time, large enough that Parquet overhead stays negligible.
@@ -156,127 +155,6 @@ def write_label_space(output_dir: str | Path, label_space: LabelSpace, extra: Ma
     (output_dir / LABEL_SPACE_FILE).write_text(json.dumps(content, indent=2) + "\n")
     id2label = {str(i): name for i, name in label_space.id2label.items()}
     (output_dir / ID2LABEL_FILE).write_text(json.dumps(id2label, indent=2) + "\n")
-
-
-@dataclass
-class DatasetCard:
-    """What a built dataset's README card says.
-
-    Args:
-        pretty_name: the dataset's display name.
-        license: a Hub licence identifier ("other" when the source has its own terms).
-        summary: one paragraph on what the dataset is.
-        source_terms: the licence terms of the original data, in a sentence or two, with a link.
-        how_built: how the folder was produced (command, mapping, choices made).
-        splits: config name -> split name -> number of rows.
-        label_space: the classes (rendered as a table with colours and the rare ones).
-        default_config: the config `load_dataset(folder)` opens without a name.
-        columns: column name -> description.
-        statistics: extra facts to list (e.g. how many size-mismatched pairs were handled).
-        task: "semantic-segmentation" or "image-classification".
-        citation: BibTeX of the source.
-    """
-
-    pretty_name: str
-    license: str
-    summary: str
-    source_terms: str
-    how_built: str
-    splits: dict[str, dict[str, int]]
-    label_space: LabelSpace
-    default_config: str
-    columns: dict[str, str] = field(default_factory=dict)
-    statistics: dict[str, object] = field(default_factory=dict)
-    task: str = "semantic-segmentation"
-    citation: str = ""
-
-
-def _card_yaml(card: DatasetCard, shard_counts: Mapping[tuple[str, str], int]) -> str:
-    configs = []
-    for config, splits in card.splits.items():
-        entry: dict[str, object] = {
-            "config_name": config,
-            "data_files": [
-                {"split": split, "path": f"{config}/{split}-*-of-{shard_counts[config, split]:05d}.parquet"}
-                for split in splits
-            ],
-        }
-        if config == card.default_config:
-            entry["default"] = True
-        configs.append(entry)
-    if card.task == "semantic-segmentation":
-        task_categories, task_ids = ["image-segmentation"], ["semantic-segmentation"]
-    else:
-        task_categories, task_ids = ["image-classification"], ["multi-class-image-classification"]
-    header = {
-        "pretty_name": card.pretty_name,
-        "license": card.license,
-        "task_categories": task_categories,
-        "task_ids": task_ids,
-        "tags": ["domain-adaptation", "intrada"],
-        "configs": configs,
-    }
-    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
-
-
-def _card_body(card: DatasetCard) -> str:
-    space = card.label_space
-    lines = [f"# {card.pretty_name}", "", card.summary, "", "## Configurations and splits", ""]
-    lines += ["| configuration | split | rows |", "|---|---|---:|"]
-    for config, splits in card.splits.items():
-        for split, count in splits.items():
-            lines.append(f"| `{config}` | `{split}` | {count:,} |")
-    lines += ["", "```python", "from datasets import load_dataset", ""]
-    first_config = card.default_config
-    first_split = next(iter(card.splits[first_config]))
-    lines += [
-        f'ds = load_dataset("<this folder or repo id>", "{first_config}", split="{first_split}")',
-        "```",
-    ]
-    if card.columns:
-        lines += ["", "## Columns", ""]
-        lines += [f"- `{name}`: {text}" for name, text in card.columns.items()]
-    lines += ["", f"## Classes (`{space.name}`, ignore index {space.ignore_index})", ""]
-    lines += ["| id | class | colour (RGB) | rare |", "|---:|---|---|---|"]
-    for index, name in space.id2label.items():
-        rare = "yes" if index in space.rare_train_ids else ""
-        lines.append(f"| {index} | {name} | {tuple(space.palette[index])} | {rare} |")
-    lines += ["", "`label_space.json` and `id2label.json` next to this card hold the same table."]
-    if card.statistics:
-        lines += ["", "## Statistics", ""]
-        lines += [f"- {name}: {value}" for name, value in card.statistics.items()]
-    lines += ["", "## How it was built", "", card.how_built, "", "## Licence of the source data", ""]
-    lines += [card.source_terms]
-    if card.citation:
-        lines += ["", "## Citation", "", "```bibtex", card.citation.strip(), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def write_dataset_card(output_dir: str | Path, card: DatasetCard) -> Path:
-    """Write `README.md` (YAML header with configs/licence/task, then the card body).
-
-    The shard counts in the `data_files` patterns are read from the Parquet files present, so the
-    card always describes what is in the folder.
-
-    Raises:
-        FileNotFoundError: a split listed in `card.splits` has no Parquet file in `output_dir`.
-    """
-    output_dir = Path(output_dir)
-    if card.default_config not in card.splits:
-        raise ValueError(f"default config {card.default_config!r} is not one of {list(card.splits)}")
-    shard_counts: dict[tuple[str, str], int] = {}
-    for config, splits in card.splits.items():
-        for split in splits:
-            files = sorted((output_dir / config).glob(f"{split}-*.parquet"))
-            if not files:
-                raise FileNotFoundError(
-                    f"no Parquet shard for config {config!r} split {split!r} in {output_dir}"
-                )
-            shard_counts[config, split] = len(files)
-    text = "---\n" + _card_yaml(card, shard_counts) + "---\n\n" + _card_body(card)
-    path = output_dir / CARD_FILE
-    path.write_text(text)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
