@@ -63,6 +63,14 @@ ROWS = (
     ("inter", "inter-domain only: feature-level CyCADA (G_inter)", "CyCADA"),
     ("intra", "IntraDA (G_intra)", "IntraDA"),
 )
+# What the augmentation is made of: options that change nothing with `augmentation: none`.
+AUGMENTATION_OPTIONS = (
+    "augmentation_stages",
+    "augment_target",
+    "affine_degrees",
+    "affine_translate",
+    "affine_scale",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -159,32 +167,37 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
     }
 
 
-def _pipeline():
-    """The digits pipeline, imported on first use (it imports the training code)."""
-    import modeling_intrada.training.digits as digits_pipeline
-
-    return digits_pipeline
-
-
 def resolved_options(command: list[str]) -> dict:
     """Every option a `run_intrada.py` digits command line resolves to (what its config.yaml will hold)."""
-    pipeline = _pipeline()
-    return pipeline.DigitsRun(*pipeline.parse_digits_arguments(command[2:])).config()
+    from modeling_intrada.training.arguments import parse_arguments, run_config
+
+    return run_config(parse_arguments(command[2:]))
+
+
+def comparable_options(config: dict) -> dict:
+    """A run's options (its config.yaml) as they bear on what it trains: old option names under their new
+    ones, the options it lacks (added to the program since) at their digits defaults; without the output
+    folder, and without the augmentation's own options when it has none."""
+    from modeling_intrada.training.arguments import RENAMED_OPTIONS, parse_arguments, run_config
+
+    renamed = {new: value for key, value in config.items() for new in RENAMED_OPTIONS.get(key, (key,))}
+    options = {**run_config(parse_arguments(["--task", "digits"])), **renamed}
+    left_out = {"output_dir", *(AUGMENTATION_OPTIONS if options["augmentation"] == "none" else ())}
+    return {key: value for key, value in options.items() if key not in left_out}
 
 
 def check_same_options(out: Path, command: list[str]) -> None:
     """Refuse to read the finished run in `out` if its config.yaml differs from what `command` resolves to
-    (another config file, other options), as `digits_pipeline.comparable_options` compares them. A run
-    without config.yaml is read."""
+    (another config file, other options), as `comparable_options` compares them. A run without config.yaml
+    is read."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         print(f"[digits study] {out}: no config.yaml to compare with, read as it is", flush=True)
         return
     import yaml
 
-    comparable = _pipeline().comparable_options
-    saved = comparable(yaml.safe_load(saved_file.read_text()))
-    wanted = comparable(resolved_options(command))
+    saved = comparable_options(yaml.safe_load(saved_file.read_text()))
+    wanted = comparable_options(resolved_options(command))
     differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differing)

@@ -1,4 +1,4 @@
-"""The digits pipeline (modeling_intrada/training/digits.py): ranking on a classifier, the task in the loop, end to end."""
+"""The digits task (modeling_intrada/training/tasks/digits.py): ranking on a classifier, the task in the loop, end to end."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from modeling_intrada import DigitClassifier, DigitClassifierConfig
 from modeling_intrada.method.adaptation import ClassificationTask, LevelOutput
 from modeling_intrada.method.losses import weighted_self_information
 from modeling_intrada.method.ranking import load_ranking, rank_by_entropy, save_ranking
-from modeling_intrada.training.digits import main as digits_main
-from modeling_intrada.training.digits import parse_digits_arguments
+from modeling_intrada.training.arguments import parse_arguments
 from modeling_intrada.training.pipeline import main as run_intrada_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -113,7 +112,7 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
         "--output_dir", str(out),
         *TINY,
     ]  # fmt: skip
-    results = run_intrada_main(argv)  # `task: digits` is dispatched to the digits pipeline
+    results = run_intrada_main(argv)  # `task: digits` in the config
     assert set(results) == {
         "source only",
         "inter-domain only (G_inter, feature-level CyCADA on class scores)",
@@ -145,7 +144,8 @@ def test_pipeline_end_to_end_mnist_to_usps(datasets_dir, tmp_path, one_thread):
     # config.yaml holds every option and runs again: here the evaluation alone.
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["task"] == "digits" and saved["lambda_easy"] == 0.8 and saved["num_iterations"] == 4
-    again = digits_main(["--config", str(out / "config.yaml"), "--stage", "eval"])
+    assert "architecture" in saved and "backbone" not in saved  # the options of its task only
+    again = run_intrada_main(["--config", str(out / "config.yaml"), "--stage", "eval"])
     assert again == results
 
 
@@ -163,7 +163,7 @@ def test_pipeline_svhn_to_mnist_on_mat_fixture(datasets_dir, tmp_path, one_threa
         "--augmentation", "affine", "--augment_target",  # RGB images, both streams augmented
         "--augmentation_stages", "inter", "intra",
     ]  # fmt: skip
-    results = digits_main(argv)
+    results = run_intrada_main(argv)
     assert len(results) == 3
     model = DigitClassifier.from_pretrained(out / "intra" / "model")
     assert model.config.architecture == "dtn" and model.config.num_channels == 3
@@ -182,14 +182,18 @@ def test_shipped_configs():
         "digits_svhn_to_mnist.yaml": ("dtn", "svhn", "mnist", "feature", 0.1),
     }
     for name, (architecture, source, target, framework, adv_weight) in expected.items():
-        model_args, data_args, args = parse_digits_arguments(["--config", str(CONFIGS / name)])
-        assert model_args.architecture == architecture
-        assert data_args.source_dataset.endswith(source) and data_args.target_dataset.endswith(target)
-        assert (args.framework, args.adv_weight, args.lambda_easy) == (framework, adv_weight, 0.8)
+        args = parse_arguments(["--config", str(CONFIGS / name)])
+        assert args.digits.architecture == architecture
+        assert args.run.source_dataset.endswith(source) and args.run.target_dataset.endswith(target)
+        assert (args.settings.framework, args.run.adv_main_weight, args.run.lambda_easy) == (
+            framework,
+            adv_weight,
+            0.8,
+        )
         assert "feature-level CyCADA" in (CONFIGS / name).read_text()
-        assert args.augmentation == ("none" if architecture == "dtn" else "affine")
-    _, _, args = parse_digits_arguments(["--config", str(CONFIGS / "digits_usps_to_mnist.yaml")])
-    assert (args.intra_framework, args.intra_adv_weight, args.augmentation_stages) == (
+        assert args.digits.augmentation == ("none" if architecture == "dtn" else "affine")
+    args = parse_arguments(["--config", str(CONFIGS / "digits_usps_to_mnist.yaml")])
+    assert (args.run.intra_framework, args.run.intra_adv_main_weight, args.digits.augmentation_stages) == (
         "scores",
         0.3,
         ["intra"],
@@ -200,31 +204,81 @@ def test_option_errors(tmp_path, datasets_dir):
     config = tmp_path / "bad.yaml"
     config.write_text("task: digits\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown options \['learning_rat'\]"):
-        parse_digits_arguments(["--config", str(config)])
-    config.write_text("task: segmentation\n")
-    with pytest.raises(ValueError, match="task is 'segmentation'"):
-        parse_digits_arguments(["--config", str(config)])
+        parse_arguments(["--config", str(config)])
+    config.write_text("task: segmentation\narchitecture: lenet\n")  # a digits option in a segmentation config
+    with pytest.raises(ValueError, match="architecture is an option of the digits task"):
+        parse_arguments(["--config", str(config)])
     base = ["--config", str(CONFIGS / "digits_mnist_to_usps.yaml")]
     with pytest.raises(ValueError, match="lambda_easy"):
-        parse_digits_arguments([*base, "--lambda_easy", "1.5"])
+        parse_arguments([*base, "--lambda_easy", "1.5"])
     with pytest.raises(ValueError, match="intra_init"):
-        parse_digits_arguments([*base, "--intra_init", "imagenet"])
-    with pytest.raises(ValueError, match="max_test_samples must be at least 1"):
-        parse_digits_arguments([*base, "--max_test_samples", "0"])
+        parse_arguments([*base, "--intra_init", "imagenet"])
+    with pytest.raises(ValueError, match="max_val_images must be at least 1"):
+        parse_arguments([*base, "--max_val_images", "0"])
     with pytest.raises(ValueError, match="source_num_iterations is 0"):
-        parse_digits_arguments([*base, "--source_num_iterations", "0"])
+        parse_arguments([*base, "--source_num_iterations", "0"])
     with pytest.raises(
         ValueError, match=r"augmentation_stages takes source, inter and/or intra, got \['rank'\]"
     ):
-        parse_digits_arguments([*base, "--augmentation_stages", "inter", "rank"])
+        parse_arguments([*base, "--augmentation_stages", "inter", "rank"])
     with pytest.raises(ValueError, match="augmentation must be one of"):
-        parse_digits_arguments([*base, "--augmentation", "mixup"])
+        parse_arguments([*base, "--augmentation", "mixup"])
     with pytest.raises(ValueError, match="affine_scale takes two numbers"):
-        parse_digits_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.1"])
+        parse_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.1"])
     with pytest.raises(ValueError, match="0 < low <= high"):
-        parse_digits_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.2", "0.9"])
+        parse_arguments([*base, "--augmentation", "affine", "--affine_scale", "1.2", "0.9"])
     with pytest.raises(FileNotFoundError, match="run --stage source first"):
-        digits_main([*base, "--stage", "inter", "--output_dir", str(tmp_path / "empty"), *TINY[:2]])
+        run_intrada_main([*base, "--stage", "inter", "--output_dir", str(tmp_path / "empty"), *TINY[:2]])
+
+
+def test_task_comes_from_the_config_or_the_command_line(tmp_path):
+    args = parse_arguments(["--config", str(CONFIGS / "digits_mnist_to_usps.yaml")])  # `task: digits`
+    assert args.run.task == "digits" and args.settings.disc_betas == [0.5, 0.999]
+    args = parse_arguments(["--task", "digits"])  # no config: the digits defaults
+    assert (args.run.source_dataset, args.run.lambda_easy, args.settings.max_iters) == (
+        "data/mnist",
+        0.8,
+        None,
+    )
+    assert parse_arguments([]).run.task == "segmentation"  # the embedded default
+    config = tmp_path / "digits.yaml"
+    config.write_text("task: digits\nlambda_easy: 0.5\n")
+    args = parse_arguments(["--config", str(config), "--task", "segmentation"])  # the command line wins
+    assert (args.run.task, args.run.lambda_easy, args.segmentation.backbone) == (
+        "segmentation",
+        0.5,
+        "resnet101",
+    )
+    with pytest.raises(ValueError, match=r"task must be one of \('segmentation', 'digits'\), got 'ocr'"):
+        parse_arguments(["--task", "ocr"])
+    with pytest.raises(ValueError, match="--stage must be one of"):
+        parse_arguments(["--stage", "source"])  # segmentation has no source stage
+
+
+def test_old_option_names_are_refused_with_the_new_name(tmp_path):
+    config = tmp_path / "old.yaml"
+    renamed = {
+        "betas: [0.5, 0.999]": "disc_betas",
+        "intra_supervised_loss: false": "intra_segmentation_loss",
+        "adv_weight: 0.3": "adv_main_weight",
+        "intra_adv_weight: 0.3": "intra_adv_main_weight",
+        "train_split: train": "source_split and target_split",
+        "test_split: test": "val_split",
+        "max_test_samples: 10": "max_val_images",
+    }
+    for line, new in renamed.items():
+        config.write_text(f"task: digits\n{line}\n")
+        with pytest.raises(ValueError, match=f"option '{line.split(':')[0]}' is now called {new}; rename it"):
+            parse_arguments(["--config", str(config)])
+    with pytest.raises(ValueError, match="option 'betas' is now called disc_betas"):
+        parse_arguments(["--task", "digits", "--betas", "0.5", "0.999"])
+    # The options of the other task are refused, from the command line as from the config.
+    with pytest.raises(
+        ValueError, match="backbone is an option of the segmentation task, and this run's task is"
+    ):
+        parse_arguments(["--task", "digits", "--backbone", "resnet50"])
+    with pytest.raises(ValueError, match="augmentation is an option of the digits task"):
+        parse_arguments(["--augmentation", "affine"])
 
 
 @pytest.mark.slow
@@ -261,7 +315,7 @@ def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_th
     assert len(two_ranking.easy_ids) + len(two_ranking.hard_ids) == 39
     two_metrics = json.loads((out / "eval" / "metrics.json").read_text())
 
-    digits_main([*options, "--stage", "rank"])  # one process, the same G_inter
+    run_intrada_main([*options, "--stage", "rank"])  # one process, the same G_inter
     one_ranking = load_ranking(out / "ranking")
     assert (one_ranking.easy_ids, one_ranking.hard_ids) == (two_ranking.easy_ids, two_ranking.hard_ids)
-    assert digits_main([*options, "--stage", "eval"]) == two_metrics["models"]
+    assert run_intrada_main([*options, "--stage", "eval"]) == two_metrics["models"]

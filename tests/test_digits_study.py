@@ -96,12 +96,12 @@ def test_study_runs_missing_seeds_in_parallel_jobs(tmp_path, monkeypatch):
     seed_2 = outputs / "usps_to_mnist" / "seed_2"
     command = json.loads((outputs / "study.json").read_text())["usps_to_mnist"][1]["command"].split()
     options = digits_study.resolved_options(command)
-    assert options["seed"] == 2 and options["adv_weight"] == 1.0  # the shipped USPS->MNIST config
+    assert options["seed"] == 2 and options["adv_main_weight"] == 1.0  # the shipped USPS->MNIST config
     del options["augment_target"]  # as if the run predated that option: it counts as its default
     (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
     assert digits_study.main([*argv, "2", "3"])["usps_to_mnist"][0]["accuracy"]["intra"] == 92.0
-    with pytest.raises(ValueError, match=r"other options \(adv_weight: 1.0 there, 0.5 now\)"):
-        digits_study.main([*argv, "2", "3", "--", "--adv_weight", "0.5"])
+    with pytest.raises(ValueError, match=r"other options \(adv_main_weight: 1.0 there, 0.5 now\)"):
+        digits_study.main([*argv, "2", "3", "--", "--adv_main_weight", "0.5"])
     options["augment_target"] = True
     (seed_2 / "config.yaml").write_text(yaml.safe_dump(options))
     with pytest.raises(ValueError, match="augment_target: True there, False now"):

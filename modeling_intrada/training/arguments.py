@@ -1,8 +1,17 @@
-"""The configuration of `run_intrada.py`, as dataclasses parsed by `HfArgumentParser` (YAML file + overrides).
+"""The options of `run_intrada.py`, as dataclasses parsed by `HfArgumentParser` (YAML file + overrides).
 
-Every default is the paper's GTA5 -> Cityscapes setting (SPEC sections 3-5) except the data, which default to
-the embedded synthetic pair so that a bare `run_intrada.py` runs anywhere; the shipped YAML files in
-`training/configs/` hold the paper's experiments.
+One program, two tasks (`--task` or the `task:` key of `--config`): `segmentation` (the paper's main
+experiments) and `digits` (its section 4.3). Both read one set of option names:
+
+- `RunArguments`: what runs, on which data, where the outputs go, the ranking and the adversarial weight;
+- `StageSettings` (`stage_loop.py`): the numbers of stage 1, parsed as they are (stage 3 and the digits
+  source stage change a few of them, `tasks.base.Run.settings`);
+- `SegmentationArguments` and `DigitsArguments`: the options that only one task reads. Given to the other
+  task, they are refused.
+
+The dataclass defaults are the paper's GTA5 -> Cityscapes setting (SPEC sections 3-5) on the embedded
+synthetic data; `DIGITS_DEFAULTS` replaces some of them for digits. Without `--config`, segmentation runs
+`default_config.yaml` (the embedded default, minutes on a CPU); `training/configs/` holds the experiments.
 """
 
 from __future__ import annotations
@@ -13,20 +22,140 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import yaml
 from transformers import HfArgumentParser
 
-STAGES = ("inter", "rank", "intra", "eval", "all")
+from modeling_intrada.data.digits import RandomAffine
+from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
+from modeling_intrada.training.stage_loop import StageSettings
+
+# The stages of each task, in the order `--stage all` runs them.
+TASK_STAGES = {
+    "segmentation": ("inter", "rank", "intra", "eval"),
+    "digits": ("source", "inter", "rank", "intra", "eval"),
+}
+TASKS = tuple(TASK_STAGES)
 LABEL_MAPPINGS = ("cityscapes_to_synthia16",)
-# Without --config, the embedded synthetic default runs (small backbone, minutes on a laptop CPU).
+AUGMENTATIONS = ("none", "affine")
+AUGMENTED_STAGES = ("source", "inter", "intra")  # the digits stages that train on labelled images
+# Without --config, segmentation runs the embedded synthetic default (small backbone, minutes on a laptop CPU).
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_config.yaml"
-SYNTHETIC = "synthetic"
+# Options that have another name now: the old key -> the option(s) that replace it.
+RENAMED_OPTIONS = {
+    "betas": ("disc_betas",),
+    "intra_supervised_loss": ("intra_segmentation_loss",),
+    "adv_weight": ("adv_main_weight",),
+    "intra_adv_weight": ("intra_adv_main_weight",),
+    "train_split": ("source_split", "target_split"),
+    "test_split": ("val_split",),
+    "max_test_samples": ("max_val_images",),
+}
 
 
 @dataclass
-class ModelArguments:
-    """The generator and its initialisation."""
+class RunArguments:
+    """What runs, on which data and where the outputs go; the ranking and the adversarial weight (both tasks)."""
+
+    task: str = field(
+        default="segmentation", metadata={"help": "segmentation | digits (or the `task:` key of --config)"}
+    )
+    output_dir: str = field(default="outputs/intrada-synthetic")
+    stage: str = field(
+        default="all",
+        metadata={"help": "inter | rank | intra | eval | all; digits also source (before inter)"},
+    )
+    source_dataset: str = field(
+        default=SYNTHETIC_DATASET,
+        metadata={"help": "labelled source: built folder or Hub id (segmentation: also 'synthetic')"},
+    )
+    source_split: str = field(default="train")
+    target_dataset: str = field(
+        default=SYNTHETIC_DATASET,
+        metadata={
+            "help": "target: its training split unlabelled for training (digits: val_split for evaluation)"
+        },
+    )
+    target_split: str = field(default="train")
+    val_split: str = field(
+        default="validation",
+        metadata={
+            "help": "labelled split evaluated: of val_dataset (segmentation), of the target and the source (digits)"
+        },
+    )
+    max_val_images: int | None = field(default=None, metadata={"help": "evaluate on the first N images"})
+    num_workers: int = field(default=2, metadata={"help": "data-loading workers per stream"})
+    inter_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "G_inter to use instead of <output_dir>/inter/model (folder or Hub id), for rank/intra/eval"
+        },
+    )
+    intra_init: str = field(
+        default="imagenet",
+        metadata={
+            "help": "start of G_intra; segmentation: imagenet (the authors' choice) | inter (G_inter); digits: "
+            "inter | source (the source-only model) | scratch"
+        },
+    )
+    intra_framework: str | None = field(
+        default=None,
+        metadata={"help": "stage 3 framework (default: the stage-1 one); source_only = self-training only"},
+    )
+    intra_segmentation_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "stage 3 supervised loss on the pseudo labels; False = 'adversarial only' (Table 2)"
+        },
+    )
+    intra_num_iterations: int | None = field(
+        default=None, metadata={"help": "steps of stage 3 (default: num_iterations)"}
+    )
+    adv_main_weight: float = field(
+        default=0.001,
+        metadata={
+            "help": "weight of the main level's adversarial (or MinEnt) term in G's loss (digits: the only level)"
+        },
+    )
+    intra_adv_main_weight: float | None = field(
+        default=None, metadata={"help": "stage 3 (default: adv_main_weight)"}
+    )
+    lambda_easy: float = field(default=0.67, metadata={"help": "easy fraction of the ranking, in (0, 1]"})
+    ranking: str | None = field(
+        default=None,
+        metadata={
+            "help": "ranking splits for stage 3: folder or Hub dataset id (default: <output_dir>/ranking)"
+        },
+    )
+    batch_size: int = field(default=1, metadata={"help": "images per domain per process per micro-step"})
+    eval_batch_size: int = field(default=1)
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's)"})
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "on CPU, keep freed memory in the process (glibc malloc): no page faults per step"},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "latest | PATH (of the stage running)"}
+    )
+    report_to: str | None = field(
+        default=None, metadata={"help": "tensorboard (or another accelerate tracker)"}
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "at the end, publish G (+ card) to --hub_model_id and the ranking splits to "
+            "<hub_model_id>-ranking (training/push_to_hub.py does the same for a finished run)"
+        },
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "model repository user/name to push to"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repositories private"})
+
+
+@dataclass
+class SegmentationArguments:
+    """The options only segmentation reads: DeepLab-v2, the datasets' configurations and sizes, evaluation."""
 
     backbone: str = field(
         default="resnet101",
@@ -46,39 +175,14 @@ class ModelArguments:
         default=True, metadata={"help": "auxiliary ASPP head and discriminator on layer3"}
     )
     bn_mode: str = field(default="reference", metadata={"help": "reference (BN follows train/eval) | frozen"})
-    inter_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "G_inter to use instead of <output_dir>/inter/model (folder or Hub id), for rank/intra/eval"
-        },
-    )
-    intra_init: str = field(
-        default="imagenet",
-        metadata={
-            "help": "initialisation of G_intra: imagenet (the authors' choice) | inter (start from G_inter)"
-        },
-    )
-
-
-@dataclass
-class DataArguments:
-    """Datasets: built folders (dataset_scripts/) or Hub ids; `synthetic` is the embedded default."""
-
-    source_dataset: str = field(
-        default=SYNTHETIC, metadata={"help": "labelled source: folder, Hub id or 'synthetic'"}
-    )
     source_config: str | None = field(
         default="source", metadata={"help": "configuration of the source dataset"}
     )
-    source_split: str = field(default="train")
-    target_dataset: str = field(default=SYNTHETIC, metadata={"help": "unlabelled target training images"})
     target_config: str | None = field(default="target_train")
-    target_split: str = field(default="train")
     val_dataset: str | None = field(
-        default=SYNTHETIC, metadata={"help": "labelled target validation split (None: skip)"}
+        default=SYNTHETIC_DATASET, metadata={"help": "labelled target validation split (None: skip)"}
     )
     val_config: str | None = field(default="target_val")
-    val_split: str = field(default="validation")
     source_size: list[int] = field(
         default_factory=lambda: [720, 1280], metadata={"help": "HEIGHT WIDTH of source inputs"}
     )
@@ -99,10 +203,6 @@ class DataArguments:
         default=None, metadata={"help": "random crop HEIGHT WIDTH (paper: none)"}
     )
     hflip: bool = field(default=False, metadata={"help": "random horizontal flips (paper: no)"})
-    num_workers: int = field(default=2, metadata={"help": "data-loading workers per stream"})
-    max_val_images: int | None = field(
-        default=None, metadata={"help": "evaluate on the first N validation images"}
-    )
     val_label_mapping: str | None = field(
         default=None,
         metadata={
@@ -122,175 +222,268 @@ class DataArguments:
         default=None,
         metadata={"help": "where the synthetic dataset is built (default: ~/.cache/intrada_hf/...)"},
     )
-
-
-@dataclass
-class IntraDAArguments:
-    """Stages, frameworks and optimisation (SPEC 3-5)."""
-
-    output_dir: str = field(default="outputs/intrada-synthetic")
-    stage: str = field(default="all", metadata={"help": "inter | rank | intra | eval | all"})
-    framework: str = field(
-        default="advent", metadata={"help": "stage 1: advent | adaptsegnet | minent | source_only"}
+    seg_aux_weight: float = field(default=0.1, metadata={"help": "weight of the auxiliary level's CE"})
+    adv_aux_weight: float = field(
+        default=0.0002, metadata={"help": "weight of the auxiliary level's adversarial term"}
     )
-    intra_framework: str | None = field(
-        default=None,
-        metadata={"help": "stage 3 framework (default: the stage-1 one); source_only = self-training only"},
-    )
-    intra_segmentation_loss: bool = field(
-        default=True,
-        metadata={"help": "stage 3 seg loss on pseudo labels; False = 'adversarial only' (Table 2)"},
-    )
-    num_iterations: int = field(default=120_000, metadata={"help": "optimizer steps of stage 1 (early stop)"})
-    intra_num_iterations: int | None = field(
-        default=None, metadata={"help": "steps of stage 3 (default: same)"}
-    )
-    max_iters: int = field(default=250_000, metadata={"help": "length of the poly schedule"})
-    learning_rate: float = field(default=2.5e-4)
-    momentum: float = field(default=0.9)
-    weight_decay: float = field(default=5e-4)
-    generator_optimizer: str = field(default="sgd", metadata={"help": "sgd (paper) | adam"})
-    head_lr_multiplier: float = field(default=10.0)
-    reference_duplicate_params: bool = field(
-        default=False,
-        metadata={
-            "help": "list backbone tensors with the reference code's repetitions (~3x backbone lr); for comparison"
-        },
-    )
-    disc_learning_rate: float = field(default=1e-4)
-    disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    lr_power: float = field(default=0.9)
-    seg_aux_weight: float = field(default=0.1)
-    adv_main_weight: float = field(default=0.001)
-    adv_aux_weight: float = field(default=0.0002)
-    max_grad_norm: float | None = field(default=None)
-    lambda_easy: float = field(default=0.67, metadata={"help": "easy fraction of the ranking, in (0, 1]"})
     normalize_entropy: bool = field(
         default=False, metadata={"help": "rare-class entropy normalisation (Table 2)"}
     )
     rare_train_ids: list[int] | None = field(
         default=None, metadata={"help": "override the dataset's rare classes"}
     )
-    ranking: str | None = field(
-        default=None,
-        metadata={
-            "help": "ranking splits for stage 3: folder or Hub dataset id (default: <output_dir>/ranking)"
-        },
-    )
     keep_entropy_maps: bool = field(
         default=False, metadata={"help": "store entropy maps in the ranking artifact"}
     )
-    batch_size: int = field(default=1, metadata={"help": "images per domain per process per micro-step"})
-    eval_batch_size: int = field(default=1)
-    gradient_accumulation_steps: int = field(default=1)
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
-    channels_last: bool = field(default=False, metadata={"help": "NHWC memory format (faster on GPUs)"})
-    torch_compile: bool = field(
-        default=False, metadata={"help": "torch.compile the generator and discriminators"}
+
+
+@dataclass
+class DigitsArguments:
+    """The options only digits reads: the classifier, the source stage, subsets and the augmentation."""
+
+    architecture: str = field(
+        default="lenet",
+        metadata={"help": "lenet (MNIST<->USPS, 28x28 grey) | dtn (SVHN->MNIST, 32x32 RGB)"},
     )
-    keep_freed_memory: bool = field(
-        default=True,
-        metadata={"help": "on CPU, keep freed memory in the process (glibc malloc): no page faults per step"},
+    inter_init: str = field(
+        default="source",
+        metadata={"help": "start of stage 1: source (the source-only model, as CyCADA/ADDA) | scratch"},
     )
-    seed: int = field(default=1234)
-    checkpointing_steps: int | None = field(
-        default=None, metadata={"help": "accelerate save_state every N steps"}
+    source_num_iterations: int = field(
+        default=1500, metadata={"help": "steps of the source-only stage (0: no source stage)"}
     )
-    checkpoints_total_limit: int | None = field(default=None)
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "latest | PATH (of the stage running)"}
+    source_learning_rate: float | None = field(
+        default=None, metadata={"help": "G's learning rate in the source-only stage (default: learning_rate)"}
     )
-    snapshot_steps: int | None = field(
-        default=2000, metadata={"help": "save_pretrained snapshots every N steps"}
-    )
-    log_steps: int = field(default=10)
-    image_log_steps: int = field(default=0)
-    report_to: str | None = field(
-        default=None, metadata={"help": "tensorboard (or another accelerate tracker)"}
-    )
-    push_to_hub: bool = field(
-        default=False,
+    max_source_samples: int | None = field(default=None, metadata={"help": "first N source training rows"})
+    max_target_samples: int | None = field(default=None, metadata={"help": "first N target training rows"})
+    augmentation: str = field(
+        default="none",
         metadata={
-            "help": "at the end, publish G (+ card) to --hub_model_id and the ranking splits to "
-            "<hub_model_id>-ranking (training/push_to_hub.py does the same for a finished run)"
+            "help": "none | affine: a random rotation, zoom and shift of every labelled training image (the "
+            "source in the source stage and stage 1, the easy part in stage 3)"
         },
     )
-    hub_model_id: str | None = field(default=None, metadata={"help": "model repository user/name to push to"})
-    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repositories private"})
+    augmentation_stages: list[str] = field(
+        default_factory=lambda: list(AUGMENTED_STAGES),
+        metadata={"help": "with --augmentation: the stages that augment (any of source, inter, intra)"},
+    )
+    augment_target: bool = field(
+        default=False,
+        metadata={
+            "help": "with --augmentation: also augment the unlabelled stream (stage 1's target, stage 3's hard "
+            "part), so that the discriminator sees both sides through the same augmentation"
+        },
+    )
+    affine_degrees: float = field(default=10.0, metadata={"help": "affine: largest rotation (degrees)"})
+    affine_translate: float = field(
+        default=0.1, metadata={"help": "affine: largest shift (fraction of the side)"}
+    )
+    affine_scale: list[float] = field(
+        default_factory=lambda: [0.9, 1.1], metadata={"help": "affine: smallest and largest zoom factor"}
+    )
+
+    def augments(self, stage: str, labelled: bool = True) -> bool:
+        """Whether `stage` augments its labelled stream (`labelled`) or its unlabelled one."""
+        return (
+            self.augmentation != "none"
+            and stage in self.augmentation_stages
+            and (labelled or self.augment_target)
+        )
+
+    def random_affine(self) -> RandomAffine:
+        """The `RandomAffine` of `--augmentation affine`, from the `affine_*` options."""
+        if len(self.affine_scale) != 2:
+            raise ValueError(f"--affine_scale takes two numbers (low high), got {self.affine_scale}")
+        return RandomAffine(self.affine_degrees, self.affine_translate, tuple(self.affine_scale))
 
 
-ALL_ARGUMENTS = (ModelArguments, DataArguments, IntraDAArguments)
+# The digits defaults where they differ from the segmentation ones (the `digits_*.yaml` configs set most).
+DIGITS_DEFAULTS = {
+    "output_dir": "outputs/digits",
+    "source_dataset": "data/mnist",
+    "target_dataset": "data/usps",
+    "val_split": "test",
+    "num_workers": 0,
+    "intra_init": "inter",
+    "adv_main_weight": 0.1,
+    "lambda_easy": 0.8,
+    "batch_size": 64,
+    "eval_batch_size": 500,
+    "keep_freed_memory": False,
+    "framework": "feature",
+    "num_iterations": 2000,
+    "max_iters": None,  # the poly schedule spans each stage
+    "learning_rate": 2e-4,
+    "generator_optimizer": "adam",
+    "disc_learning_rate": 2e-4,
+    "disc_betas": [0.5, 0.999],
+    "snapshot_steps": None,
+    "log_steps": 50,
+    "seed": 0,
+}
+TASK_DEFAULTS = {"segmentation": {}, "digits": DIGITS_DEFAULTS}
+TASK_ARGUMENTS = {"segmentation": SegmentationArguments, "digits": DigitsArguments}
+ALL_ARGUMENTS = (RunArguments, StageSettings, SegmentationArguments, DigitsArguments)
 
 
-def _known_fields() -> set[str]:
-    return {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
+class Arguments(NamedTuple):
+    """Every option of one run, parsed and validated."""
+
+    run: RunArguments
+    settings: StageSettings
+    segmentation: SegmentationArguments
+    digits: DigitsArguments
 
 
-def parse_arguments(
-    argv: Sequence[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, IntraDAArguments]:
-    """`--config FILE.yaml` (optional) gives defaults; every other option overrides it on the command line."""
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The `option: value` mapping of a YAML config, with renamed and unknown options refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option: value, got {type(values).__name__}")
+    check_renamed(values, where=f"{path}: ")
+    known = {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown options {unknown}; see `run_intrada.py --help`")
+    return values
+
+
+def check_renamed(names: Sequence[str], where: str = "") -> None:
+    """Refuse an option under its old name, naming the new one."""
+    for name in names:
+        if name in RENAMED_OPTIONS:
+            new = " and ".join(RENAMED_OPTIONS[name])
+            raise ValueError(f"{where}option {name!r} is now called {new}; rename it")
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
+    """`--config FILE.yaml` gives values, every other option overrides them on the command line.
+
+    The task (`--task`, else the config's `task:`, else segmentation) chooses the defaults: its own
+    (`TASK_DEFAULTS`), and for segmentation without `--config` the embedded default config.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--task", default=None)
     known, rest = pre.parse_known_args(argv)
+    values = read_config(known.config) if known.config else {}
+    task = known.task or values.get("task", "segmentation")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not known.config and task == "segmentation":
+        values = read_config(DEFAULT_CONFIG)
+    check_renamed([a[2:].split("=")[0] for a in rest if a.startswith("--")], where="--")
     parser = HfArgumentParser(ALL_ARGUMENTS)
     parser.add_argument("--config", default=None, help="YAML file with any of the options below")
-    config_file = known.config or DEFAULT_CONFIG
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path}: no such file")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of option: value, got {type(values).__name__}")
-        values.pop("task", None)  # `task: segmentation` is this program's own; `digits` is dispatched earlier
-        unknown = sorted(set(values) - _known_fields())
-        if unknown:
-            raise ValueError(f"{path}: unknown options {unknown}; see `run_intrada.py --help`")
-        parser.set_defaults(**values)
-    outputs = parser.parse_args_into_dataclasses(args=rest)
-    model_args, data_args, run_args = outputs[:3]
-    validate(model_args, data_args, run_args)
-    return model_args, data_args, run_args
+    parser.set_defaults(**{**TASK_DEFAULTS[task], **values, "task": task})
+    args = Arguments(*parser.parse_args_into_dataclasses(args=rest)[:4])
+    check_task_options(args, given=values)
+    validate(args)
+    return args
 
 
-def validate(model_args: ModelArguments, data_args: DataArguments, run_args: IntraDAArguments) -> None:
-    """Refuse inconsistent settings early, with what was expected."""
+def check_task_options(args: Arguments, given: dict[str, Any]) -> None:
+    """Refuse the options of another task, given in the config or set on the command line."""
+    task = args.run.task
+    for other, cls in TASK_ARGUMENTS.items():
+        if other == task:
+            continue
+        values = getattr(args, other)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if f.name in given or getattr(values, f.name) != default:
+                raise ValueError(
+                    f"{f.name} is an option of the {other} task, and this run's task is {task}; remove it "
+                    f"or set task: {other}"
+                )
+
+
+def validate(args: Arguments) -> None:
+    """Refuse inconsistent settings early, saying what was expected."""
     from modeling_intrada.method.adaptation import check_framework
     from modeling_intrada.method.ranking import check_lambda
 
-    if run_args.stage not in STAGES:
-        raise ValueError(f"--stage must be one of {STAGES}, got {run_args.stage!r}")
-    check_framework(run_args.framework)
-    if run_args.intra_framework is not None:
-        check_framework(run_args.intra_framework)
-    if "feature" in (run_args.framework, run_args.intra_framework):
-        raise ValueError("framework 'feature' is for the digits pipeline (training/run_digits.py)")
-    check_lambda(run_args.lambda_easy)
-    if model_args.intra_init not in ("imagenet", "inter"):
-        raise ValueError(f"--intra_init must be imagenet or inter, got {model_args.intra_init!r}")
-    if run_args.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {run_args.mixed_precision!r}")
+    run = args.run
+    stages = (*TASK_STAGES[run.task], "all")
+    if run.stage not in stages:
+        raise ValueError(f"--stage must be one of {stages} for task {run.task}, got {run.stage!r}")
+    if run.intra_framework is not None:
+        check_framework(run.intra_framework)
+    check_lambda(run.lambda_easy)
+    if run.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {run.mixed_precision!r}")
+    if run.batch_size < 1 or run.eval_batch_size < 1:
+        raise ValueError("batch sizes must be at least 1")
+    if run.intra_num_iterations is not None and run.intra_num_iterations < 0:
+        raise ValueError(f"--intra_num_iterations must be >= 0, got {run.intra_num_iterations}")
+    for name in ("max_val_images", "num_threads"):
+        if getattr(run, name) is not None and getattr(run, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(run, name)}")
+    if run.push_to_hub and not run.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name")
+    (validate_segmentation if run.task == "segmentation" else validate_digits)(args)
+
+
+def validate_segmentation(args: Arguments) -> None:
+    """The segmentation task's own checks."""
+    from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
+
+    run, seg = args.run, args.segmentation
+    for framework in (args.settings.framework, run.intra_framework):
+        if framework in CLASSIFIER_FRAMEWORKS:
+            raise ValueError(f"framework {framework!r} is for classifiers: use it with task: digits")
+    if run.intra_init not in ("imagenet", "inter"):
+        raise ValueError(f"--intra_init must be imagenet or inter, got {run.intra_init!r}")
     for name in ("source_size", "target_size"):
-        size = getattr(data_args, name)
+        size = getattr(seg, name)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"--{name} takes HEIGHT WIDTH, got {size}")
-    if data_args.val_label_mapping not in (None, *LABEL_MAPPINGS):
+    if seg.val_label_mapping not in (None, *LABEL_MAPPINGS):
         raise ValueError(
-            f"--val_label_mapping must be one of {LABEL_MAPPINGS}, got {data_args.val_label_mapping!r}"
+            f"--val_label_mapping must be one of {LABEL_MAPPINGS}, got {seg.val_label_mapping!r}"
         )
-    if data_args.normalization not in (None, "caffe", "imagenet"):
-        raise ValueError(f"--normalization must be caffe or imagenet, got {data_args.normalization!r}")
-    if run_args.batch_size < 1 or run_args.eval_batch_size < 1:
-        raise ValueError("batch sizes must be at least 1")
-    if run_args.push_to_hub and not run_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id user/name")
+    if seg.normalization not in (None, "caffe", "imagenet"):
+        raise ValueError(f"--normalization must be caffe or imagenet, got {seg.normalization!r}")
 
 
-def to_serializable(*arguments) -> dict:
-    """All options of the run, for `config.yaml` next to the outputs and the trackers."""
-    values = {}
-    for argument in arguments:
-        values.update(dataclasses.asdict(argument))
+def validate_digits(args: Arguments) -> None:
+    """The digits task's own checks."""
+    from modeling_intrada import DigitClassifierConfig
+
+    run, digits = args.run, args.digits
+    DigitClassifierConfig(architecture=digits.architecture)  # raises on an unknown architecture
+    if digits.inter_init not in ("source", "scratch"):
+        raise ValueError(f"--inter_init must be source or scratch, got {digits.inter_init!r}")
+    if run.intra_init not in ("inter", "source", "scratch"):
+        raise ValueError(f"--intra_init must be inter, source or scratch, got {run.intra_init!r}")
+    if digits.source_num_iterations < 0:
+        raise ValueError(f"--source_num_iterations must be >= 0, got {digits.source_num_iterations}")
+    if digits.source_num_iterations == 0 and "source" in (digits.inter_init, run.intra_init):
+        raise ValueError(
+            "source_num_iterations is 0 (no source stage) but inter_init or intra_init is 'source'"
+        )
+    for name in ("max_source_samples", "max_target_samples"):
+        if getattr(digits, name) is not None and getattr(digits, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(digits, name)}")
+    if digits.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"--augmentation must be one of {AUGMENTATIONS}, got {digits.augmentation!r}")
+    if digits.augmentation == "affine":
+        digits.random_affine()  # raises on out-of-range parameters
+    unknown = sorted(set(digits.augmentation_stages) - set(AUGMENTED_STAGES))
+    if unknown:
+        raise ValueError(f"--augmentation_stages takes source, inter and/or intra, got {unknown}")
+    if run.push_to_hub:
+        raise ValueError("--push_to_hub publishes segmentation runs only; digits runs stay local")
+
+
+def run_config(args: Arguments) -> dict[str, Any]:
+    """Every option the run's task reads, for `config.yaml` next to the outputs and the trackers."""
+    values: dict[str, Any] = {}
+    for arguments in (args.run, args.settings, getattr(args, args.run.task)):
+        values.update(dataclasses.asdict(arguments))
     return values

@@ -30,6 +30,7 @@ from modeling_intrada.method.adaptation import (
     set_learning_rate,
 )
 from modeling_intrada.method.losses import adversarial_loss
+from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
@@ -40,14 +41,19 @@ STATE_FILE = "loop_state.json"
 class StageSettings:
     """The numbers of one adaptation stage (SPEC 3; every default is the paper's).
 
+    `HfArgumentParser` fills it from the options of `run_intrada.py` as stage 1's settings; the other stages
+    are `dataclasses.replace` of it (`modeling_intrada.training.tasks.base.Run.settings`).
+
     Args:
-        framework: advent | adaptsegnet | minent | source_only | feature.
+        framework: advent | adaptsegnet | minent | source_only | feature | scores.
         segmentation_loss: supervised loss on the source (stage 3: the pseudo labels); False is the
             "adversarial only" ablation of Table 2.
         num_iterations: optimizer steps to run (the early stop, 120,000).
-        max_iters: length of the poly schedule (250,000).
+        max_iters: length of the poly schedule (250,000); None: the stage's own `num_iterations`.
         learning_rate, momentum, weight_decay: G's SGD (heads at `head_lr_multiplier` x).
         generator_optimizer: "sgd" (the paper) or "adam" (betas as the discriminators').
+        head_lr_multiplier: learning-rate factor of the heads, for generators with `parameter_groups`.
+        reference_duplicate_params: list the backbone tensors with the reference code's repetitions.
         disc_learning_rate, disc_betas: the discriminators' Adam.
         lr_power: exponent of the poly schedule.
         gradient_accumulation_steps: micro-batches per optimizer step.
@@ -61,44 +67,74 @@ class StageSettings:
         torch_compile: `torch.compile` the generator and the discriminators.
     """
 
-    framework: str = "advent"
-    segmentation_loss: bool = True
-    num_iterations: int = 120_000
-    max_iters: int = 250_000
+    framework: str = field(
+        default="advent",
+        metadata={
+            "help": "stage 1: advent | adaptsegnet | minent | source_only; digits also feature (D on the "
+            "features) | scores (D on the class scores)"
+        },
+    )
+    segmentation_loss: bool = field(
+        default=True, metadata={"help": "stage 1 supervised loss on the source (see intra_segmentation_loss)"}
+    )
+    num_iterations: int = field(default=120_000, metadata={"help": "optimizer steps of stage 1 (early stop)"})
+    max_iters: int | None = field(
+        default=250_000, metadata={"help": "length of the poly schedule (None: each stage's own length)"}
+    )
     learning_rate: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    generator_optimizer: str = "sgd"
+    momentum: float = field(default=0.9, metadata={"help": "SGD only"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD only"})
+    generator_optimizer: str = field(default="sgd", metadata={"help": "sgd (paper) | adam"})
     head_lr_multiplier: float = 10.0
-    reference_duplicate_params: bool = False
+    reference_duplicate_params: bool = field(
+        default=False,
+        metadata={
+            "help": "list backbone tensors with the reference code's repetitions (~3x backbone lr); for comparison"
+        },
+    )
     disc_learning_rate: float = 1e-4
-    disc_betas: tuple[float, float] = (0.9, 0.99)
-    lr_power: float = 0.9
+    disc_betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.99], metadata={"help": "Adam betas of D (and of G with adam)"}
+    )
+    lr_power: float = field(default=0.9, metadata={"help": "poly decay exponent (0: constant)"})
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
-    checkpointing_steps: int | None = None
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "accelerate save_state every N steps"}
+    )
     checkpoints_total_limit: int | None = None
-    snapshot_steps: int | None = 2000
+    snapshot_steps: int | None = field(
+        default=2000, metadata={"help": "save_pretrained snapshots every N steps"}
+    )
     log_steps: int = 10
     image_log_steps: int = 0
     seed: int = 1234
-    channels_last: bool = False
-    torch_compile: bool = False
+    channels_last: bool = field(default=False, metadata={"help": "NHWC memory format (faster on GPUs)"})
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the generator and discriminators"}
+    )
 
     def __post_init__(self) -> None:
         check_framework(self.framework)
         if self.generator_optimizer not in ("sgd", "adam"):
             raise ValueError(f"generator_optimizer must be 'sgd' or 'adam', got {self.generator_optimizer!r}")
-        if self.num_iterations < 0 or self.max_iters < 1:
+        if self.num_iterations < 0 or (self.max_iters is not None and self.max_iters < 1):
             raise ValueError("num_iterations must be >= 0 and max_iters >= 1")
-        if self.num_iterations > self.max_iters:
+        if self.num_iterations > self.schedule_length:
             raise ValueError(
                 f"num_iterations ({self.num_iterations}) exceeds the schedule length max_iters ({self.max_iters})"
             )
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be at least 1")
+        if len(self.disc_betas) != 2:
+            raise ValueError(f"disc_betas takes two numbers, got {self.disc_betas}")
         if not self.segmentation_loss and self.framework == "source_only":
             raise ValueError("source_only without the segmentation loss trains nothing")
+
+    @property
+    def schedule_length(self) -> int:
+        """The poly schedule's length: `max_iters`, or the stage's own length when it is None."""
+        return self.max_iters if self.max_iters is not None else max(self.num_iterations, 1)
 
     @property
     def uses_discriminators(self) -> bool:
@@ -299,8 +335,8 @@ class AdaptationStage:
     def set_learning_rates(self, iteration: int) -> dict[str, float]:
         """Poly schedule of the global optimizer step, identical on every process and any accumulation."""
         s = self.settings
-        lr_g = poly_learning_rate(s.learning_rate, iteration, s.max_iters, s.lr_power)
-        lr_d = poly_learning_rate(s.disc_learning_rate, iteration, s.max_iters, s.lr_power)
+        lr_g = poly_learning_rate(s.learning_rate, iteration, s.schedule_length, s.lr_power)
+        lr_d = poly_learning_rate(s.disc_learning_rate, iteration, s.schedule_length, s.lr_power)
         set_learning_rate(self.generator_optimizer, lr_g)
         for optimizer in self.discriminator_optimizers:
             set_learning_rate(optimizer, lr_d)
@@ -364,7 +400,7 @@ class AdaptationStage:
             if s.checkpointing_steps and self.completed_steps % s.checkpointing_steps == 0:
                 self.save_checkpoint()
             if s.snapshot_steps and self.completed_steps % s.snapshot_steps == 0:
-                self.save_snapshot(self.output_dir / "snapshots" / f"iter_{self.completed_steps:06d}")
+                self.save_snapshot(self.output_dir / SNAPSHOTS_DIR / f"iter_{self.completed_steps:06d}")
         progress.close()
         acc.wait_for_everyone()
         return StageResult(self.completed_steps, self.output_dir, last)
@@ -400,7 +436,7 @@ class AdaptationStage:
 
     # ----------------------------------------------------------------------------------- persistence
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
+        return self.output_dir / CHECKPOINTS_DIR
 
     def save_checkpoint(self) -> Path:
         """`save_state` (models, optimizers, scaler, RNG) plus the loop position, atomically renamed."""

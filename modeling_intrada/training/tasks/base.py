@@ -1,0 +1,129 @@
+"""What the shared stages (`modeling_intrada.training.pipeline`) ask of a task, and what every task shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from transformers import PreTrainedModel
+
+from modeling_intrada.method.ranking import RankingResult
+from modeling_intrada.run_layout import RunLayout
+from modeling_intrada.training.arguments import TASK_STAGES, Arguments
+from modeling_intrada.training.stage_loop import StageSettings
+
+
+def process_state() -> PartialState:
+    """This process's place in the group, set up as `Accelerator` would: `ACCELERATE_USE_CPU=1` means CPU
+    processes (a bare `PartialState()` ignores that flag and would leave every process thinking it is alone)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+class Run:
+    """One run of one task: its options and folders, and how the task builds, trains, ranks and evaluates.
+
+    The pipeline runs the stages; a task says, for each, what it is made of:
+
+    - `stages`: the stages of `--stage all`, in order;
+    - `training_inputs`, `new_discriminators`, `loop_task`, `save_generator`, `picture`: a training stage
+      (G, its two streams, D, what the loop sees of G);
+    - `ranking_images`, `ranking_options`, `ranking_report`, `target_description`: stage 2;
+    - `evaluate`: the evaluation, its files and the cards.
+    """
+
+    model_class: ClassVar[type[PreTrainedModel]]
+    picture: Callable[..., Any] | None = None  # (source batch, target batch, outputs) -> HxWx3 uint8
+
+    def __init__(self, args: Arguments) -> None:
+        self.args = args
+        self.layout = RunLayout(args.run.output_dir)
+
+    # ------------------------------------------------------------------------------------ shared
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return TASK_STAGES[self.args.run.task]
+
+    def settings(self, stage: str) -> StageSettings:
+        """The stage's numbers: stage 1's as parsed; stage 3 with its `intra_*` options."""
+        run, settings = self.args.run, self.args.settings
+        if stage != "intra":
+            return settings
+        return dataclasses.replace(
+            settings,
+            framework=run.intra_framework or settings.framework,
+            segmentation_loss=run.intra_segmentation_loss,
+            num_iterations=settings.num_iterations
+            if run.intra_num_iterations is None
+            else run.intra_num_iterations,
+        )
+
+    def adv_main_weight(self, stage: str) -> float:
+        """The main level's adversarial weight of `stage` (stage 3: `intra_adv_main_weight` when given)."""
+        run = self.args.run
+        if stage == "intra" and run.intra_adv_main_weight is not None:
+            return run.intra_adv_main_weight
+        return run.adv_main_weight
+
+    def model_path(self, stage: str) -> str:
+        """Where the model a finished stage saved is (`inter` honours --inter_model)."""
+        if stage == "inter" and self.args.run.inter_model:
+            return self.args.run.inter_model
+        if not self.layout.has_model(stage):
+            hint = " or pass --inter_model" if stage == "inter" else ""
+            raise FileNotFoundError(
+                f"the {stage} model is not at {self.layout.model_dir(stage)}: run --stage {stage} first{hint}"
+            )
+        return str(self.layout.model_dir(stage))
+
+    def load_model(self, stage: str) -> PreTrainedModel:
+        return self.model_class.from_pretrained(self.model_path(stage))
+
+    def save_generator(self, model: PreTrainedModel, folder: Path) -> None:
+        """G as `from_pretrained` loads it (segmentation adds its image processor)."""
+        model.save_pretrained(folder)
+
+    # -------------------------------------------------------------------------------- per task
+    def training_inputs(
+        self, stage: str, settings: StageSettings
+    ) -> tuple[PreTrainedModel, torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+        """G at the start of `stage`, its labelled stream and its unlabelled one."""
+        raise NotImplementedError
+
+    def new_discriminators(self, framework: str) -> list[PreTrainedModel]:
+        """One new discriminator per output level, seeded from the run's seed."""
+        raise NotImplementedError
+
+    def loop_task(self, stage: str, framework: str):
+        """What the stage loop sees of G (`SegmentationTask` or `ClassificationTask`)."""
+        raise NotImplementedError
+
+    def ranking_images(self) -> torch.utils.data.Dataset:
+        """The unlabelled target training images stage 2 scores (with `.image(index)` for pictures)."""
+        raise NotImplementedError
+
+    def ranking_options(self) -> dict[str, Any]:
+        """The task's keyword arguments of `rank_by_entropy`."""
+        raise NotImplementedError
+
+    def target_description(self) -> str:
+        """The target training split, in words, for the ranking's card."""
+        raise NotImplementedError
+
+    def ranking_report(
+        self,
+        result: RankingResult,
+        images: torch.utils.data.Dataset,
+        model: PreTrainedModel,
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Entries to add to `ranking.json` (and print) on the main process; none by default."""
+        return {}
+
+    def evaluate(self) -> dict[str, dict]:
+        """The eval stage: score the trained models, write `eval/` (and cards); returns the results."""
+        raise NotImplementedError

