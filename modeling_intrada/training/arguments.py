@@ -27,8 +27,11 @@ from typing import Any, NamedTuple
 import yaml
 from transformers import HfArgumentParser
 
+from modeling_intrada import DigitClassifierConfig
 from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
+from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
+from modeling_intrada.method.ranking import check_lambda
 from modeling_intrada.training.stage_loop import StageSettings
 
 # The stages of each task, in the order `--stage all` runs them.
@@ -56,7 +59,7 @@ RENAMED_OPTIONS = {
 
 @dataclass
 class RunArguments:
-    """What runs, on which data and where the outputs go; the ranking and the adversarial weight (both tasks)."""
+    """What runs, on which data and where the outputs go; the ranking, the adversarial weight (both tasks)."""
 
     task: str = field(
         default="segmentation", metadata={"help": "segmentation | digits (or the `task:` key of --config)"}
@@ -70,19 +73,15 @@ class RunArguments:
         default=SYNTHETIC_DATASET,
         metadata={"help": "labelled source: built folder or Hub id (segmentation: also 'synthetic')"},
     )
-    source_split: str = field(default="train")
+    source_split: str = "train"
     target_dataset: str = field(
         default=SYNTHETIC_DATASET,
-        metadata={
-            "help": "target: its training split unlabelled for training (digits: val_split for evaluation)"
-        },
+        metadata={"help": "unlabelled target training images (digits: and val_split for evaluation)"},
     )
-    target_split: str = field(default="train")
+    target_split: str = "train"
     val_split: str = field(
         default="validation",
-        metadata={
-            "help": "labelled split evaluated: of val_dataset (segmentation), of the target and the source (digits)"
-        },
+        metadata={"help": "labelled split evaluated: of val_dataset; digits: of the target and the source"},
     )
     max_val_images: int | None = field(default=None, metadata={"help": "evaluate on the first N images"})
     num_workers: int = field(default=2, metadata={"help": "data-loading workers per stream"})
@@ -114,9 +113,7 @@ class RunArguments:
     )
     adv_main_weight: float = field(
         default=0.001,
-        metadata={
-            "help": "weight of the main level's adversarial (or MinEnt) term in G's loss (digits: the only level)"
-        },
+        metadata={"help": "weight of the main level's adversarial (or MinEnt) term in G's loss"},
     )
     intra_adv_main_weight: float | None = field(
         default=None, metadata={"help": "stage 3 (default: adv_main_weight)"}
@@ -367,7 +364,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
     (`TASK_DEFAULTS`), and for segmentation without `--config` the embedded default config.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     pre.add_argument("--task", default=None)
     known, rest = pre.parse_known_args(argv)
@@ -405,9 +402,6 @@ def check_task_options(args: Arguments, given: dict[str, Any]) -> None:
 
 def validate(args: Arguments) -> None:
     """Refuse inconsistent settings early, saying what was expected."""
-    from modeling_intrada.method.adaptation import check_framework
-    from modeling_intrada.method.ranking import check_lambda
-
     run = args.run
     stages = (*TASK_STAGES[run.task], "all")
     if run.stage not in stages:
@@ -431,8 +425,6 @@ def validate(args: Arguments) -> None:
 
 def validate_segmentation(args: Arguments) -> None:
     """The segmentation task's own checks."""
-    from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
-
     run, seg = args.run, args.segmentation
     for framework in (args.settings.framework, run.intra_framework):
         if framework in CLASSIFIER_FRAMEWORKS:
@@ -453,8 +445,6 @@ def validate_segmentation(args: Arguments) -> None:
 
 def validate_digits(args: Arguments) -> None:
     """The digits task's own checks."""
-    from modeling_intrada import DigitClassifierConfig
-
     run, digits = args.run, args.digits
     DigitClassifierConfig(architecture=digits.architecture)  # raises on an unknown architecture
     if digits.inter_init not in ("source", "scratch"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +13,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers import PreTrainedModel
 
+from modeling_intrada.method.adaptation import ClassificationTask, SegmentationTask
 from modeling_intrada.method.ranking import RankingResult
 from modeling_intrada.run_layout import RunLayout
 from modeling_intrada.training.arguments import TASK_STAGES, Arguments
@@ -24,7 +26,7 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-class Run:
+class Run(ABC):
     """One run of one task: its options and folders, and how the task builds, trains, ranks and evaluates.
 
     The pipeline runs the stages; a task says, for each, what it is made of:
@@ -46,6 +48,7 @@ class Run:
     # ------------------------------------------------------------------------------------ shared
     @property
     def stages(self) -> tuple[str, ...]:
+        """The stages `--stage all` runs, in order."""
         return TASK_STAGES[self.args.run.task]
 
     def settings(self, stage: str) -> StageSettings:
@@ -81,6 +84,7 @@ class Run:
         return str(self.layout.model_dir(stage))
 
     def load_model(self, stage: str) -> PreTrainedModel:
+        """The model a finished stage saved (`inter`: or --inter_model)."""
         return self.model_class.from_pretrained(self.model_path(stage))
 
     def save_generator(self, model: PreTrainedModel, folder: Path) -> None:
@@ -88,31 +92,31 @@ class Run:
         model.save_pretrained(folder)
 
     # -------------------------------------------------------------------------------- per task
+    @abstractmethod
     def training_inputs(
         self, stage: str, settings: StageSettings
     ) -> tuple[PreTrainedModel, torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
         """G at the start of `stage`, its labelled stream and its unlabelled one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def new_discriminators(self, framework: str) -> list[PreTrainedModel]:
         """One new discriminator per output level, seeded from the run's seed."""
-        raise NotImplementedError
 
-    def loop_task(self, stage: str, framework: str):
+    @abstractmethod
+    def loop_task(self, stage: str, framework: str) -> SegmentationTask | ClassificationTask:
         """What the stage loop sees of G (`SegmentationTask` or `ClassificationTask`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ranking_images(self) -> torch.utils.data.Dataset:
         """The unlabelled target training images stage 2 scores (with `.image(index)` for pictures)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ranking_options(self) -> dict[str, Any]:
         """The task's keyword arguments of `rank_by_entropy`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target_description(self) -> str:
         """The target training split, in words, for the ranking's card."""
-        raise NotImplementedError
 
     def ranking_report(
         self,
@@ -124,6 +128,6 @@ class Run:
         """Entries to add to `ranking.json` (and print) on the main process; none by default."""
         return {}
 
+    @abstractmethod
     def evaluate(self) -> dict[str, dict]:
         """The eval stage: score the trained models, write `eval/` (and cards); returns the results."""
-        raise NotImplementedError
