@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from huggingface_hub import DatasetCard
+from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard import metadata_load
 
+from modeling_intrada import (
+    DigitClassifier,
+    DigitClassifierConfig,
+    FeatureDiscriminator,
+    FeatureDiscriminatorConfig,
+)
 from modeling_intrada.evaluation.evaluator import main as evaluate_main
+from modeling_intrada.method.ranking import load_ranking
 from modeling_intrada.publishing.cards import (
+    REPO_ID_PLACEHOLDER,
     RunSummary,
     built_dataset_card,
+    classifier_card,
     dataset_terms,
     discriminator_card,
     eval_results,
@@ -23,6 +33,7 @@ from modeling_intrada.publishing.cards import (
     ranking_card,
     read_metrics_file,
     segmenter_card,
+    write_run_cards,
 )
 
 # A real tiny run of run_intrada.py (`tiny`, from conftest), on one torch thread.
@@ -128,13 +139,13 @@ def test_metrics_of_another_run_are_refused(tiny, tmp_path):
 def test_discriminator_card(tiny, tmp_path):
     run_dir, _ = tiny
     run = RunSummary.read(run_dir)
-    card = discriminator_card(run, "intra", "main", "user/m", "discriminators/main")
+    card = discriminator_card(run, "intra", "main", "user/m")
     loaded, metadata = _save_and_load(card, tmp_path / "README.md")
     assert "discriminator" in metadata["tags"] and metadata["library_name"] == "transformers"
     assert 'subfolder="discriminators/main"' in loaded.text and "0 = source, 1 = target" in loaded.text
     assert "channels 19 -> 64" in loaded.text
     with pytest.raises(ValueError, match="level"):
-        discriminator_card(run, "intra", "middle", "user/m", "x")
+        discriminator_card(run, "intra", "middle", "user/m")
 
 
 def test_ranking_card(tiny, tmp_path):
@@ -206,3 +217,118 @@ def test_run_metrics_with_several_protocols(tmp_path):
         ("mIoU (16 classes, last snapshot)", 41.0, "someone/cityscapes"),
         ("mIoU (13 classes, last snapshot)", 47.0, "someone/cityscapes"),
     }
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("snapshots", "predictions", "README.md"))
+    return copy
+
+
+def test_write_run_cards_writes_every_artifact_folder(tiny, tmp_path):
+    run_dir, _ = tiny
+    run_copy = _copy_run(run_dir, tmp_path)
+    written = write_run_cards(run_copy)
+    folders = [
+        f"{stage}/{part}"
+        for stage in ("inter", "intra")
+        for part in ("model", "discriminators/aux", "discriminators/main")
+    ]
+    assert sorted(written) == sorted(run_copy / folder / "README.md" for folder in [*folders, "ranking"])
+
+    measured = json.loads((run_copy / "eval" / "metrics.json").read_text())
+    for stage in ("inter", "intra"):
+        card = ModelCard.load(run_copy / stage / "model" / "README.md")
+        (value,) = measured_mean_ious(card).values()
+        assert value == pytest.approx(
+            100 * measured[f"G_{stage} ({stage}, last snapshot)"]["mean_iou"], abs=0.005
+        )
+        assert f'from_pretrained("{REPO_ID_PLACEHOLDER}", trust_remote_code=True)' in card.text
+        assert card.data.model_name == "run"  # the run folder names the model index until it is published
+    discriminator = ModelCard.load(run_copy / "intra" / "discriminators" / "aux" / "README.md")
+    assert 'from_pretrained("<this folder>", trust_remote_code=True)' in discriminator.text
+    assert "goes to the `discriminators/aux` subfolder" in discriminator.text
+
+    # The ranking folder is a dataset with its card: load_dataset reads its `configs`, stage 3 its splits.
+    ranking = DatasetCard.load(run_copy / "ranking" / "README.md")
+    assert ranking.data.configs[0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
+    g_inter = json.loads((run_copy / "ranking" / "ranking.json").read_text())["model"]  # the original run's
+    assert f"G_inter (`{g_inter}`)" in ranking.text and "@inproceedings{pan2020intrada" in ranking.text
+    assert load_ranking(run_copy / "ranking").lambda_easy == pytest.approx(0.5)
+
+    # With the repository ids (as a push writes them): the named stage's cards name them, the other's do not.
+    write_run_cards(run_copy, repo_id="user/m", ranking_repo_id="user/m-ranking")
+    intra = (run_copy / "intra" / "model" / "README.md").read_text()
+    run = RunSummary.read(run_copy)
+    assert intra == str(segmenter_card(run, "intra", "user/m", ranking_repo_id="user/m-ranking"))
+    assert REPO_ID_PLACEHOLDER in (run_copy / "inter" / "model" / "README.md").read_text()
+    assert (
+        'subfolder="discriminators/main"'
+        in (run_copy / "intra" / "discriminators" / "main" / "README.md").read_text()
+    )
+    assert 'load_dataset("user/m-ranking", split="train")' in (run_copy / "ranking" / "README.md").read_text()
+    assert not list(run_copy.rglob(".README.md.incomplete"))
+
+
+def _digits_run(tmp_path: Path, metrics: dict) -> Path:
+    """A digits run folder: config, a classifier in intra/model, its feature discriminator, digits metrics."""
+    run_dir = tmp_path / "digits"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({"task": "digits", "framework": "feature", "seed": 0})
+    )
+    DigitClassifier(DigitClassifierConfig(architecture="lenet")).save_pretrained(run_dir / "intra" / "model")
+    discriminator = FeatureDiscriminator(FeatureDiscriminatorConfig(input_size=500))
+    discriminator.save_pretrained(run_dir / "intra" / "discriminators" / "main")
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+def test_run_cards_of_a_digits_run(tmp_path):
+    """The feature-level discriminator gets its card; the classifier's comes from classifier_card."""
+    run_dir = _digits_run(tmp_path, {"models": {"IntraDA": {"stage": "intra", "target_accuracy": 97.0}}})
+    (written,) = write_run_cards(run_dir)
+    assert written == run_dir / "intra" / "discriminators" / "main" / "README.md"
+    text = written.read_text()
+    assert (
+        "fully connected network (500 -> 500 -> 500 -> 1" in text
+        and "the classifier's 500-d features" in text
+    )
+    assert "0 = source, 1 = target** (in stage 3: easy, hard)" in text
+
+
+@pytest.mark.parametrize(
+    ("stage", "framework", "augmentation", "expected"),
+    [
+        ("intra", "scores", "random affine of the labelled training images: rotation up to 10 degrees",
+         ["IntraDA stage 3", "feature-level CyCADA on class scores", "10 class scores, as CyCADA's released ADDA code",
+          "- feature-level-cycada", "random affine of the labelled training images"]),
+        ("inter", "feature", "none", ["a discriminator on the classifier's 500-d features", "**Training augmentation:** none."]),
+        ("source", "source_only", "none", ["no adaptation: no adaptation term", "- source-only"]),
+    ],
+)  # fmt: skip
+def test_classifier_card(tmp_path, stage, framework, augmentation, expected):
+    folder = tmp_path / "model"
+    DigitClassifier(DigitClassifierConfig(architecture="lenet")).save_pretrained(folder)
+    card = classifier_card(
+        folder,
+        name="IntraDA (G_intra, feature-level CyCADA)",
+        stage=stage,
+        framework=framework,
+        source_dataset="data/mnist",
+        target_dataset="data/usps",
+        augmentation=augmentation,
+        seed=3,
+        accuracies={"target: usps (test, 2007 images)": 97.891, "source: mnist (test, 10000 images)": 99.0},
+    )
+    loaded, metadata = _save_and_load(card, tmp_path / "README.md")
+    assert metadata["pipeline_tag"] == "image-classification" and metadata["metrics"] == ["accuracy"]
+    text = loaded.text
+    assert "# lenet digit classifier, mnist -> usps: IntraDA (G_intra, feature-level CyCADA)" in text
+    assert "| target: usps (test, 2007 images) | 97.89 |" in text and "- **Seed:** 3." in text
+    assert "input 1x28x28" in text and "@inproceedings{pan2020intrada" in text
+    assert all(phrase in str(card) for phrase in expected), str(card)
+    with pytest.raises(ValueError, match="framework one of"):
+        classifier_card(folder, name="x", stage=stage, framework="cycle", source_dataset="a", target_dataset="b",
+                        augmentation="none", seed=0, accuracies={})  # fmt: skip

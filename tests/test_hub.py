@@ -24,7 +24,7 @@ from hub_server import FakeHub
 from huggingface_hub import DatasetCard, ModelCard
 
 from modeling_intrada import DeepLabV2ForSemanticSegmentation, FCDiscriminator
-from modeling_intrada.publishing.cards import measured_mean_ious
+from modeling_intrada.publishing.cards import measured_mean_ious, write_run_cards
 from modeling_intrada.publishing.hub import push_run_to_hub
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -86,11 +86,12 @@ def _run(command: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
 
-def _tree_digest(folder: Path) -> dict[str, str]:
+def _tree_digest(folder: Path, cards: bool = True) -> dict[str, str]:
+    """sha256 of every file under `folder`; without the cards (README.md) when `cards` is false."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and (cards or p.name != "README.md")
     }
 
 
@@ -98,25 +99,29 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def test_push_fail_retry_and_read_back(tiny, hub, tmp_path):
     run_dir, _ = tiny
     env = _environment(hub, tmp_path / "hf_home")
-    before = _tree_digest(run_dir)
+    before = _tree_digest(run_dir, cards=False)
     hub.fail_commits = {RANKING}  # the dataset commit answers 500
     push = [sys.executable, "training/push_to_hub.py", "--output_dir", str(run_dir), "--hub_model_id", MODEL,
             "--ranking_repo_id", RANKING, "--push_discriminators", "--private"]  # fmt: skip
     failed = _run(push, env)
 
-    # The failure: exit status 1, what failed, what was pushed, nothing local changed, the retry command.
+    # The failure: exit status 1, what failed, what was pushed, nothing local changed but the cards, which
+    # now name the repositories, and the retry command.
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert "Upload of the ranking splits failed" in failed.stderr and "500" in failed.stderr
     assert f"Pushed: the model -> {hub.endpoint}/{MODEL}/commit/" in failed.stderr
-    assert f"Nothing local was changed: {run_dir} is intact." in failed.stderr
+    assert (
+        f"Nothing local was changed but the pushed cards (README.md), which name their repositories: {run_dir} is intact."
+        in failed.stderr
+    )
     retry = failed.stderr.split("Retry what failed with: ")[1].strip().splitlines()[0]
     words = shlex.split(retry)
     assert words[:2] == ["python", "training/push_to_hub.py"]
     assert "--skip_model" in words and words[words.index("--ranking_repo_id") + 1] == RANKING
-    assert _tree_digest(run_dir) == before
+    assert _tree_digest(run_dir, cards=False) == before
     assert ("dataset", RANKING) in hub.repos and not hub.repo(RANKING, "dataset").files
 
-    # What the model repository received: the run's files byte for byte, plus the generated cards.
+    # What the model repository received: the run's files byte for byte, the cards as written in the run.
     model_repo = hub.repo(MODEL)
     assert model_repo.private
     model_dir = run_dir / "intra" / "model"
@@ -126,14 +131,18 @@ def test_push_fail_retry_and_read_back(tiny, hub, tmp_path):
     for level in ("aux", "main"):
         local = run_dir / "intra" / "discriminators" / level / "model.safetensors"
         assert model_repo.files[f"discriminators/{level}/model.safetensors"] == local.read_bytes()
-        assert f"discriminators/{level}/README.md" in model_repo.files
+        assert (
+            model_repo.files[f"discriminators/{level}/README.md"] == local.with_name("README.md").read_bytes()
+        )
     assert model_repo.files["run/config.yaml"] == (run_dir / "config.yaml").read_bytes()
     card = ModelCard(model_repo.files["README.md"].decode())
     measured = json.loads((run_dir / "eval" / "metrics.json").read_text())["G_intra (intra, last snapshot)"]
     assert measured_mean_ious(card) == {
         "mIoU (19 classes, last snapshot)": pytest.approx(100 * measured["mean_iou"], abs=0.005)
     }
-    assert RANKING in card.data.datasets
+    assert (
+        RANKING in card.data.datasets and f'from_pretrained("{MODEL}", trust_remote_code=True)' in card.text
+    )
 
     # The retry pushes only what failed.
     hub.fail_commits = set()
@@ -145,8 +154,13 @@ def test_push_fail_retry_and_read_back(tiny, hub, tmp_path):
     assert ranking_repo.private and "--private" in words  # created private by the first attempt
     for name in ("ranking.json", "ranking.png", "data/train-00000-of-00001.parquet"):
         assert ranking_repo.files[name] == (run_dir / "ranking" / name).read_bytes()
+    assert ranking_repo.files["README.md"] == (run_dir / "ranking" / "README.md").read_bytes()
     dataset_card = DatasetCard(ranking_repo.files["README.md"].decode())
     assert dataset_card.data.configs[0]["data_files"][0]["path"] == "data/train-*.parquet"
+    # The pushed cards are the cards write_run_cards writes with the same repository ids.
+    pushed = _tree_digest(run_dir)
+    write_run_cards(run_dir, repo_id=MODEL, ranking_repo_id=RANKING)  # also writes G_inter's, not pushed
+    assert {name: digest for name, digest in _tree_digest(run_dir).items() if name in pushed} == pushed
 
     # Read everything back through the endpoint, in an interpreter without modeling_intrada.
     (tmp_path / "loader.py").write_text(LOADER.format(model=MODEL, ranking=RANKING))
@@ -190,12 +204,16 @@ def test_push_fail_retry_and_read_back(tiny, hub, tmp_path):
             np.testing.assert_array_equal(np.asarray(row["label"], dtype=np.uint8), local_label)
 
 
-def test_dry_run_checks_everything_and_uploads_nothing(tiny):
+def test_dry_run_checks_everything_and_writes_nothing(tiny):
     run_dir, _ = tiny
+    before = _tree_digest(run_dir)
     plans = push_run_to_hub(run_dir, MODEL, ranking_repo_id=RANKING, stage="inter", dry_run=True)
-    assert "inter/model/model.safetensors" in plans["model"] and "README.md <- generated" in plans["model"]
+    card = run_dir / "inter" / "model" / "README.md"
+    assert "inter/model/model.safetensors" in plans["model"]
+    assert f"README.md <- {card} (card, written before the upload" in plans["model"]
     assert "discriminators/" not in plans["model"]
     assert "data/train-00000-of-00001.parquet" in plans["ranking splits"]
+    assert _tree_digest(run_dir) == before
 
 
 def test_a_model_without_auto_map_is_refused_before_any_upload(tiny, tmp_path):
@@ -246,6 +264,7 @@ def test_training_program_pushes_at_the_end(tiny, hub, tmp_path):
     )
     assert ranking_repo.files["ranking.json"] == (copy / "ranking" / "ranking.json").read_bytes()
     measured = json.loads((copy / "eval" / "metrics.json").read_text())["G_intra (intra, last snapshot)"]
+    assert model_repo.files["README.md"] == (copy / "intra" / "model" / "README.md").read_bytes()
     card = ModelCard(model_repo.files["README.md"].decode())
     (value,) = measured_mean_ious(card).values()
     assert value == pytest.approx(100 * measured["mean_iou"], abs=0.005)

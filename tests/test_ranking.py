@@ -110,8 +110,9 @@ def test_artifact_round_trip(tmp_path):
     assert (result.num_easy, result.num_hard) == (3, 2)
     assert result.scores == sorted(result.scores)
     save_ranking(result, tmp_path / "ranking", target_dataset="toy", model_name="const")
-    for name in ("README.md", "ranking.json", "ranking.png"):
+    for name in ("ranking.json", "ranking.png"):
         assert (tmp_path / "ranking" / name).is_file()
+    assert not (tmp_path / "ranking" / "README.md").exists()  # the card comes from publishing.cards
     table = load_dataset(str(tmp_path / "ranking"), split="train", cache_dir=str(tmp_path / "cache"))
     assert table.column_names[:4] == ["id", "index", "rank", "split"]
     easy_row = table.filter(lambda row: row["split"] == "easy")[0]

@@ -11,7 +11,7 @@ in on one process, and the gathered result is identical to a one-process run.
 
 The artifact ("ranking splits") is a Hugging Face dataset folder: `data/train-*.parquet` (id, index,
 score, raw_score, num_rare_classes, rank, split, pseudo_label for easy rows, optionally an 8-bit entropy
-map), a `README.md` card, `ranking.json` and a `ranking.png` picture.
+map), `ranking.json` and a `ranking.png` picture; `publishing.cards` writes its `README.md` card.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from modeling_intrada.method.losses import upsample_logits, weighted_self_inform
 RANKING_FILE = "ranking.json"
 PICTURE_FILE = "ranking.png"
 DATA_FILE = "data/train-00000-of-00001.parquet"
+DATA_FILES = "data/train-*.parquet"  # every shard, as the card's `configs` names them
 EASY, HARD = "easy", "hard"
 
 
@@ -279,10 +280,11 @@ def save_ranking(
     image_loader: Callable[[int], Image.Image] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
 ) -> Path:
-    """Write the ranking-splits artifact (Parquet + card + ranking.json + picture) into `output_dir`.
+    """Write the ranking-splits artifact (Parquet + ranking.json + picture) into `output_dir`.
 
     `image_loader(index)` returns the target image of a row, for the picture's gallery; without it the
-    picture shows the histogram and the entropy maps only (when kept).
+    picture shows the histogram and the entropy maps only (when kept). Its card (README.md) is written from
+    the run folder by `publishing.cards.write_run_cards`, the same text a push uploads.
     """
     from modeling_intrada.data.datasets import write_parquet_file
 
@@ -326,87 +328,8 @@ def save_ranking(
         "model": model_name,
     }
     (output_dir / RANKING_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    (output_dir / "README.md").write_text(_card(summary, with_entropy, segmentation))
     _picture(result, output_dir / PICTURE_FILE, image_loader, palette)
     return output_dir
-
-
-def _card(summary: Mapping[str, Any], with_entropy: bool, segmentation: bool) -> str:
-    histogram = "\n".join(
-        f"| {low:.4f} - {high:.4f} | {count} |" for low, high, count in summary["histogram"]
-    )
-    label_kind = "the argmax map of G_inter (uint8 train ids, PNG)" if segmentation else "the argmax class"
-    normalisation = (
-        f"on, rare train ids {summary['rare_train_ids']}: score = R * ((K - n_rare) / K + 0.5)"
-        if summary["normalize"]
-        else "off: score = R"
-    )
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
-tags:
-- intrada
-- domain-adaptation
-- entropy-ranking
----
-
-# IntraDA ranking splits
-
-The entropy ranking of stage 2 of IntraDA (Pan et al., CVPR 2020): every target training image scored
-by G_inter, sorted ascending, the first int(N * lambda) **easy** (with pseudo labels) and the rest **hard**.
-
-- target dataset: `{summary["target_dataset"] or "-"}`
-- G_inter: `{summary["model"] or "-"}`
-- lambda (easy fraction): {summary["lambda_easy"]}
-- entropy normalisation: {normalisation}
-- images: {summary["num_images"]} ({summary["num_easy"]} easy, {summary["num_hard"]} hard)
-- score range: {summary["score_min"]:.6f} - {summary["score_max"]:.6f}
-
-R is the mean over pixels and classes of the weighted self-information `-p log2 p / log2 C` of the main
-head's softmax at the input resolution (eq. (4) of the paper divided by C, the same order).
-
-## Columns
-
-| column | content |
-|---|---|
-| `id`, `index` | the image's id and row in the target training split |
-| `rank` | 0 = lowest score (easiest) |
-| `split` | `easy` or `hard` |
-| `score`, `raw_score` | score used for sorting; R before normalisation |
-| `num_rare_classes` | rare classes present in the prediction |
-| `pseudo_label` | easy rows: {label_kind}; hard rows: empty |
-{"| `entropy_map` | per-pixel entropy / log2 C as uint8 (0..255 for 0..1) |" if with_entropy else ""}
-
-## Score histogram
-
-| score | images |
-|---|---|
-{histogram}
-
-![ranking](ranking.png)
-
-## Use
-
-```python
-from datasets import load_dataset
-splits = load_dataset("<this folder or repo id>", split="train")
-easy = splits.filter(lambda row: row["split"] == "easy")
-```
-
-## Citation
-
-```bibtex
-@inproceedings{{pan2020intrada,
-  title={{Unsupervised Intra-domain Adaptation for Semantic Segmentation through Self-Supervision}},
-  author={{Pan, Fei and Shin, Inkyu and Rameau, Francois and Lee, Seokju and Kweon, In So}},
-  booktitle={{CVPR}},
-  year={{2020}}
-}}
-```
-"""
 
 
 def _picture(
@@ -491,9 +414,9 @@ def load_ranking(source: str | Path, revision: str | None = None) -> RankingSpli
 
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "README.md").is_file() or not (path / "data").is_dir():
+        if not (path / RANKING_FILE).is_file() or not list(path.glob(DATA_FILES)):
             raise FileNotFoundError(
-                f"{path} is not a ranking-splits folder (expected README.md and data/*.parquet)"
+                f"{path} is not a ranking-splits folder (expected {RANKING_FILE} and {DATA_FILES})"
             )
         summary_path = path / RANKING_FILE
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -1,23 +1,24 @@
-"""Model and dataset cards of a training run, generated with `huggingface_hub` from the package's templates.
+"""Every card of the package, written with `huggingface_hub` (`ModelCard` / `DatasetCard.from_template` and
+their card-data classes) from the templates in `templates/`: the one card writer.
 
-A run folder (written by `training/run_intrada.py`) holds what the cards state:
+| card | function | template |
+|---|---|---|
+| G_inter, G_intra (model-index with every mIoU the run measured) | `segmenter_card` | `segmenter.md` |
+| a discriminator (entropy-map or feature-level) | `discriminator_card` | `discriminator.md` |
+| a digit classifier | `classifier_card` | `classifier.md` |
+| the ranking splits (stage 2) | `ranking_card` | `ranking_splits.md` |
+| a built dataset | `dataset_card.write_dataset_card` | `dataset.md` |
 
-    config.yaml                 every option of the run (the training configuration)
-    inter/model, intra/model    G_inter and G_intra (save_pretrained + image processor)
-    inter/discriminators/{aux,main}, intra/discriminators/{aux,main}
-    ranking/ranking.json        the entropy-ranking statistics (stage 2)
-    eval/metrics.json           the mIoU measured on the validation labels
+`write_run_cards(output_dir)` writes the README.md of every model, discriminator and ranking folder of a run
+(`RunLayout`), with what the run measured so far (`eval/metrics.json`); `hub.push_run_to_hub` uploads the same
+files. Before a push, a card names its repository `REPO_ID_PLACEHOLDER` ("<this folder or repo id>"); the push
+rewrites the cards it uploads with the real repository ids, then uploads those files, so the card on disk and
+the card on the Hub are the same text.
 
-`segmenter_card` writes the card of G_inter or G_intra, whose `model-index` (from `ModelCardData.eval_results`)
-carries every mIoU the run measured for that model, per protocol and named by how the snapshot was chosen
-(SPEC section 6: the last snapshot; a label-free rule; the "best snapshot on the validation labels" only under
-that name). `discriminator_card` and `ranking_card` write the others. Results of
-`training/evaluate_miou.py` can be added with `RunSummary.read(..., metrics_files=[...])`.
-
-Built datasets carry their own card, written when they are built (`data.write_dataset_card`);
-`built_dataset_card` reads it back and `dataset_terms` quotes its licence terms in the cards here.
-
-The templates ship inside the package (`template_dir()`), like the `evaluate` module.
+The model-index of a segmenter carries every mIoU per protocol, named by how the snapshot was chosen (SPEC
+section 6: the last snapshot; a label-free rule; the "best snapshot on the validation labels" only under that
+name). Results of `training/evaluate_miou.py` join with `RunSummary.read(..., metrics_files=[...])`. The
+licence terms of the datasets are quoted from their own cards (`dataset_terms`).
 """
 
 from __future__ import annotations
@@ -30,15 +31,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard import RepoCard
 
-STAGES = ("inter", "intra")
-LEVELS = ("aux", "main")
-CONFIG_FILE = "config.yaml"
-RUN_METRICS_FILE = "eval/metrics.json"
-RANKING_SUMMARY_FILE = "ranking/ranking.json"
-SYNTHETIC = "synthetic"
+from modeling_intrada import DeepLabV2Config, FeatureDiscriminatorConfig
+from modeling_intrada.data.datasets import LABEL_SPACE_FILE
+from modeling_intrada.data.synthetic import SYNTHETIC_DATASET, synthetic_dir_of
+from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
+from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
+from modeling_intrada.publishing.dataset_card import REPO_ID_PLACEHOLDER, template_path, write_card
+from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
+
+STAGES = ("inter", "intra")  # the stages whose G is a segmenter
+
+# ---------------------------------------------------------------------------------------------------------
+# What the cards say in the same words
+# ---------------------------------------------------------------------------------------------------------
 
 INTRADA_CITATION = """@inproceedings{pan2020intrada,
   title     = {Unsupervised Intra-domain Adaptation for Semantic Segmentation through Self-Supervision},
@@ -61,11 +72,54 @@ SELECTION_NAMES = {
     "best_val": "best snapshot on the validation labels (oracle selection)",
 }
 
+SEGMENTER_STAGES = {
+    "inter": "stage 1 of IntraDA, inter-domain adaptation (G_inter, source -> target)",
+    "intra": "stage 3 of IntraDA, intra-domain adaptation (G_intra, easy target -> hard target)",
+}
+SEGMENTER_FRAMEWORKS = {
+    "advent": "AdvEnt (a discriminator on the weighted self-information maps)",
+    "adaptsegnet": "AdaptSegNet (a discriminator on the softmax maps)",
+    "minent": "MinEnt (entropy minimisation, no discriminator)",
+    "source_only": "supervised training only (no adversarial term)",
+}
+SEGMENTER_INTENDED_USE = """Research on unsupervised domain adaptation for semantic segmentation: reproducing and comparing
+IntraDA (and AdvEnt, its first stage), and a starting point for adapting to similar street-scene domains. The model
+labels every pixel with one of its classes and nothing else; it was adapted to the target domain of its run and
+its accuracy elsewhere is unknown (the table above is the only measurement). It is not fit for safety-relevant
+use such as driving decisions. The scores come from validation labels that were never used for training; how
+the reported snapshot was chosen is stated next to each number."""
 
-def template_dir() -> Path:
-    """The folder of the card templates (`segmenter.md`, `discriminator.md`, `ranking_splits.md`), inside
-    the package so that an installed wheel can write cards."""
-    return Path(__file__).resolve().parent / "templates"
+# The digits experiments (paper section 4.3): each framework's name and what its discriminator sees.
+CLASSIFIER_FRAMEWORK_NAMES = {
+    "feature": "feature-level CyCADA",
+    "scores": "feature-level CyCADA on class scores",
+    "advent": "AdvEnt on class scores",
+    "adaptsegnet": "softmax alignment",
+    "minent": "MinEnt",
+    "source_only": "no adaptation",
+}
+CLASSIFIER_FRAMEWORK_DETAILS = {
+    "feature": "a discriminator on the classifier's {feature_size}-d features (ADDA-like); CyCADA's "
+    "pixel-level (CycleGAN) part is not implemented",
+    "scores": "a discriminator on the classifier's {num_labels} class scores, as CyCADA's released ADDA "
+    "code; CyCADA's pixel-level (CycleGAN) part is not implemented",
+    "advent": "a discriminator on the weighted self-information of the class scores",
+    "adaptsegnet": "a discriminator on the softmax of the class scores",
+    "minent": "entropy minimisation on the target, no discriminator",
+    "source_only": "no adaptation term",
+}
+CLASSIFIER_STAGES = {
+    "source": "trained on the labelled source only (the baseline, and the start of stage 1)",
+    "inter": "IntraDA stage 1 (G_inter): source vs target, {framework}",
+    "intra": "IntraDA stage 3 (G_intra): easy target images with G_inter's pseudo labels vs hard ones, {framework}",
+}
+# What a feature-level discriminator reads, by framework (n: its input size).
+FEATURE_DISCRIMINATOR_INPUTS = {
+    "feature": "the classifier's {n}-d features",
+    "scores": "the classifier's {n} class scores",
+    "advent": "the weighted self-information of the {n} class scores",
+    "adaptsegnet": "the softmax of the {n} class scores",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,27 +297,27 @@ class RunSummary:
     results: list[MeasuredResult] = field(default_factory=list)
 
     @classmethod
-    def read(cls, output_dir: str | Path, metrics_files: Iterable[str | Path] = ()) -> RunSummary:
-        """Read `config.yaml`, `ranking/ranking.json` (if present), `eval/metrics.json` (if present) and
-        the extra `metrics_files` (e.g. `evaluate_miou.py` outputs).
+    def read(
+        cls, output_dir: str | Path, metrics_files: Iterable[str | Path] = (), *, with_results: bool = True
+    ) -> RunSummary:
+        """Read `config.yaml`, `ranking/ranking.json` (if present) and, with `with_results`, the mIoU of
+        `eval/metrics.json` (if present) and of the extra `metrics_files` (e.g. `evaluate_miou.py` outputs).
 
         Raises:
             FileNotFoundError: if `output_dir` has no `config.yaml` (it is not a run folder).
         """
-        output_dir = Path(output_dir)
-        config_path = output_dir / CONFIG_FILE
-        if not config_path.is_file():
+        layout = RunLayout(output_dir)
+        output_dir = layout.output_dir
+        if not layout.config_file.is_file():
             raise FileNotFoundError(
-                f"{output_dir} is not a run folder of training/run_intrada.py: {config_path} is missing"
+                f"{output_dir} is not a run folder of training/run_intrada.py: {layout.config_file} is missing"
             )
-        config = yaml.safe_load(config_path.read_text()) or {}
-        ranking_path = output_dir / RANKING_SUMMARY_FILE
-        ranking = json.loads(ranking_path.read_text()) if ranking_path.is_file() else None
+        config = yaml.safe_load(layout.config_file.read_text()) or {}
+        ranking = json.loads(layout.ranking_summary.read_text()) if layout.ranking_summary.is_file() else None
         results = []
-        run_metrics = output_dir / RUN_METRICS_FILE
-        if run_metrics.is_file():
-            results += read_metrics_file(run_metrics, config, output_dir)
-        for path in metrics_files:
+        if with_results and layout.metrics_file.is_file():
+            results += read_metrics_file(layout.metrics_file, config, output_dir)
+        for path in metrics_files if with_results else ():
             # Only results on this run's generators count (a stage is read from the model's path).
             own = [r for r in read_metrics_file(path, config, output_dir) if _inside(r.model, output_dir)]
             if not own:
@@ -274,25 +328,29 @@ class RunSummary:
             results += own
         return cls(output_dir, config, ranking, results)
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.output_dir)
+
     def model_dir(self, stage: str) -> Path:
         """The folder of a stage's final generator.
 
         Raises:
             ValueError: for an unknown stage; FileNotFoundError: if the stage did not save its model.
         """
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        path = self.output_dir / stage / "model"
-        if not (path / "config.json").is_file():
+        if stage not in TRAINING_STAGES:
+            raise ValueError(f"stage must be one of {TRAINING_STAGES}, got {stage!r}")
+        if not self.layout.has_model(stage):
             raise FileNotFoundError(
-                f"{path} holds no model (config.json): did stage {stage!r} of the run finish?"
+                f"{self.layout.model_dir(stage)} holds no model (config.json): did stage {stage!r} of the "
+                "run finish?"
             )
-        return path
+        return self.layout.model_dir(stage)
 
     def latest_stage(self) -> str:
         """ "intra" when G_intra was saved, else "inter"."""
         for stage in reversed(STAGES):
-            if (self.output_dir / stage / "model" / "config.json").is_file():
+            if self.layout.has_model(stage):
                 return stage
         raise FileNotFoundError(f"{self.output_dir} holds neither inter/model nor intra/model")
 
@@ -323,7 +381,7 @@ def built_dataset_card(folder: str | Path) -> DatasetCard:
         FileNotFoundError: if the folder has no README.md.
         ValueError: if its YAML header lacks the licence or the configurations.
     """
-    path = Path(folder) / "README.md"
+    path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: was {folder} written by dataset_scripts/?")
     card = DatasetCard.load(path)
@@ -340,12 +398,8 @@ def _section(text: str, heading: str) -> str | None:
 
 
 def _local_dataset_folder(name: str, config: Mapping[str, Any]) -> Path | None:
-    if name == SYNTHETIC:
-        from modeling_intrada.data.synthetic import SyntheticConfig, default_synthetic_dir
-
-        counts = config.get("synthetic_num_images") or [400, 200, 100]
-        synthetic = SyntheticConfig(int(config.get("synthetic_seed", 0)), *counts)
-        return Path(config.get("synthetic_dir") or default_synthetic_dir(synthetic))
+    if name == SYNTHETIC_DATASET:
+        return synthetic_dir_of(config)
     path = Path(name).expanduser()
     return path if path.exists() or name.startswith((".", "/", "~")) else None
 
@@ -362,7 +416,7 @@ def dataset_terms(name: str, config: Mapping[str, Any] | None = None) -> Dataset
         try:
             from huggingface_hub import hf_hub_download
 
-            text = Path(hf_hub_download(name, "README.md", repo_type="dataset")).read_text()
+            text = Path(hf_hub_download(name, CARD_FILE, repo_type="dataset")).read_text()
             card = DatasetCard(text)
         except Exception as error:  # offline, private or missing: the card says what to check instead
             return DatasetTerms(
@@ -552,22 +606,11 @@ def ranking_section(ranking: Mapping[str, Any] | None, ranking_repo_id: str | No
     return "\n".join(lines)
 
 
-def _framework_description(config: Mapping[str, Any], stage: str) -> str:
-    framework = config.get("intra_framework") if stage == "intra" else None
-    framework = framework or config.get("framework", "advent")
-    return {
-        "advent": "AdvEnt (a discriminator on the weighted self-information maps)",
-        "adaptsegnet": "AdaptSegNet (a discriminator on the softmax maps)",
-        "minent": "MinEnt (entropy minimisation, no discriminator)",
-        "source_only": "supervised training only (no adversarial term)",
-    }.get(str(framework), str(framework))
-
-
-def _stage_description(stage: str) -> str:
-    return {
-        "inter": "stage 1 of IntraDA, inter-domain adaptation (G_inter, source -> target)",
-        "intra": "stage 3 of IntraDA, intra-domain adaptation (G_intra, easy target -> hard target)",
-    }[stage]
+def _framework(config: Mapping[str, Any], stage: str) -> str:
+    """The framework key of a stage (stage 3 may have its own)."""
+    return str(
+        (config.get("intra_framework") if stage == "intra" else None) or config.get("framework", "advent")
+    )
 
 
 def training_section(config: Mapping[str, Any], stage: str) -> str:
@@ -596,7 +639,8 @@ def training_section(config: Mapping[str, Any], stage: str) -> str:
     )
     return "\n".join(
         [
-            f"- **Stage:** {_stage_description(stage)}, with {_framework_description(c, stage)}.",
+            f"- **Stage:** {SEGMENTER_STAGES[stage]}, with "
+            f"{SEGMENTER_FRAMEWORKS.get(_framework(c, stage), _framework(c, stage))}.",
             f"- **Data:** {data}.",
             f"- **Iterations:** {iterations} optimizer steps of batch {c.get('batch_size')} per domain per process "
             f"(gradient accumulation {c.get('gradient_accumulation_steps')}), seed {c.get('seed')}, "
@@ -609,17 +653,14 @@ def training_section(config: Mapping[str, Any], stage: str) -> str:
     )
 
 
-INTENDED_USE = """Research on unsupervised domain adaptation for semantic segmentation: reproducing and comparing
-IntraDA (and AdvEnt, its first stage), and a starting point for adapting to similar street-scene domains. The model
-labels every pixel with one of its classes and nothing else; it was adapted to the target domain of its run and
-its accuracy elsewhere is unknown (the table above is the only measurement). It is not fit for safety-relevant
-use such as driving decisions. The scores come from validation labels that were never used for training; how
-the reported snapshot was chosen is stated next to each number."""
-
-
 def _hub_id(name: str | None) -> str | None:
     """`name` when it reads as a Hub id (user/name, not a local path), else None."""
-    if not name or name == SYNTHETIC or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+    if (
+        not name
+        or name == SYNTHETIC_DATASET
+        or Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+    ):
         return None
     return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
@@ -632,8 +673,8 @@ def _hub_id(name: str | None) -> str | None:
 def _label_space_name(target: str, config: Mapping[str, Any]) -> str:
     """The name of the target dataset's label space, read from its folder; a description when it is not local."""
     folder = _local_dataset_folder(target, config)
-    if folder is not None and (folder / "label_space.json").is_file():
-        return str(json.loads((folder / "label_space.json").read_text()).get("name", target))
+    if folder is not None and (folder / LABEL_SPACE_FILE).is_file():
+        return str(json.loads((folder / LABEL_SPACE_FILE).read_text()).get("name", target))
     return f"{target} (target dataset)"
 
 
@@ -646,10 +687,14 @@ def _processor_config(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _run_license(run: RunSummary) -> str:
+    return _model_license(dataset_terms(name, run.config) for _, name in _run_datasets(run.config))
+
+
 def segmenter_card(
     run: RunSummary,
     stage: str,
-    repo_id: str,
+    repo_id: str | None = None,
     *,
     ranking_repo_id: str | None = None,
     license: str | None = None,
@@ -659,11 +704,14 @@ def segmenter_card(
     Args:
         run: the run folder's content (`RunSummary.read`).
         stage: "inter" or "intra".
-        repo_id: the model repository the card is for (shown in the code examples).
+        repo_id: the model repository the card is for (shown in the code examples); None before it is
+            published (`REPO_ID_PLACEHOLDER`, and the model index is named after the run folder).
         ranking_repo_id: the ranking-splits dataset repository, when published.
         license: the weights' licence identifier; default apache-2.0 when every dataset of the run is
             under it, else "other" (the card lists the datasets' terms).
     """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     folder = run.model_dir(stage)
     model_config, processor = _model_config(folder), _processor_config(folder)
     names = [name for _, name in _run_datasets(run.config)]
@@ -674,8 +722,9 @@ def segmenter_card(
     space = run.config.get("label_space") or _label_space_name(
         str(run.config.get("target_dataset", "")), run.config
     )
+    model_name = repo_id.split("/")[-1] if repo_id else run.output_dir.resolve().name
     card_data = ModelCardData(
-        model_name=repo_id.split("/")[-1],
+        model_name=model_name,
         license=license or _model_license(terms.values()),
         library_name="transformers",
         pipeline_tag="image-segmentation",
@@ -685,20 +734,13 @@ def segmenter_card(
         eval_results=eval_results(results, hub_ids) or None,
     )
     size = processor.get("size", {})
-    summary = (
-        f"The {'intra' if stage == 'intra' else 'inter'}-domain segmenter "
-        f"({'G_intra, the final IntraDA model' if stage == 'intra' else 'G_inter, the AdvEnt stage of IntraDA'}) "
-        "of a run of [IntraDA](https://arxiv.org/abs/2004.07703) (Pan et al., CVPR 2020), trained with the "
-        "`intrada-hf` library on the datasets below. The mIoU in the model index and in the table below are "
-        "the values that run measured."
-    )
-    config_yaml = yaml.safe_dump(run.config, sort_keys=False).strip()
+    ranking = ranking_section(run.ranking, ranking_repo_id)
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_dir() / "segmenter.md"),
-        title=f"{repo_id.split('/')[-1]}: IntraDA {'G_intra' if stage == 'intra' else 'G_inter'}",
-        summary=summary,
-        stage_description=_stage_description(stage),
+        template_path=str(template_path("segmenter.md")),
+        title=f"{model_name}: IntraDA G_{stage}",
+        stage=stage,
+        stage_description=SEGMENTER_STAGES[stage],
         backbone=model_config.get("backbone", "?"),
         multi_level=bool(model_config.get("multi_level", True)),
         num_labels=len(model_config.get("id2label", {})),
@@ -706,104 +748,178 @@ def segmenter_card(
         input_height=size.get("height", "?"),
         input_width=size.get("width", "?"),
         normalization=processor.get("normalization", "?"),
-        repo_id=repo_id,
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
         results_section=results_section(results),
         training_section=training_section(run.config, stage),
-        ranking_section=ranking_section(run.ranking, ranking_repo_id)
+        ranking_section=ranking
         if stage == "intra"
-        else "G_inter ranked the target images for stage 3:\n\n"
-        + ranking_section(run.ranking, ranking_repo_id),
-        config_yaml=config_yaml,
-        intended_use=INTENDED_USE,
+        else "G_inter ranked the target images for stage 3:\n\n" + ranking,
+        config_yaml=yaml.safe_dump(run.config, sort_keys=False).strip(),
+        intended_use=SEGMENTER_INTENDED_USE,
         datasets_section=_datasets_section(run.config, terms),
         citation=INTRADA_CITATION + "\n\n" + ADVENT_CITATION,
     )
 
 
-def discriminator_card(run: RunSummary, stage: str, level: str, repo_id: str, subfolder: str) -> ModelCard:
-    """The card of one discriminator (`<stage>/discriminators/<level>`), published in `subfolder` of `repo_id`.
+def discriminator_card(run: RunSummary, stage: str, level: str, repo_id: str | None = None) -> ModelCard:
+    """The card of one discriminator (`<stage>/discriminators/<level>`): an entropy-map discriminator of a
+    segmenter, or a feature-level one of a digit classifier. Published with its generator, it lies in the
+    `discriminators/<level>` subfolder of the model repository `repo_id` (None before it is published).
 
     Raises:
         ValueError: for an unknown stage or level; FileNotFoundError: if the discriminator was not saved.
     """
-    if stage not in STAGES or level not in LEVELS:
-        raise ValueError(f"stage must be one of {STAGES} and level one of {LEVELS}, got {stage!r}, {level!r}")
-    folder = run.output_dir / stage / "discriminators" / level
+    if stage not in TRAINING_STAGES or level not in LEVELS:
+        raise ValueError(
+            f"stage must be one of {TRAINING_STAGES} and level one of {LEVELS}, got {stage!r}, {level!r}"
+        )
+    folder = run.layout.discriminator_dir(stage, level)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no discriminator (config.json)")
     config = _model_config(folder)
-    framework = (run.config.get("intra_framework") if stage == "intra" else None) or run.config.get(
-        "framework"
-    )
+    framework = _framework(run.config, stage)
+    feature_level = config.get("model_type") == FeatureDiscriminatorConfig.model_type
+    if feature_level:
+        inputs = FEATURE_DISCRIMINATOR_INPUTS.get(framework, "the classifier's output ({n} values)")
+        input_description = inputs.format(n=config.get("input_size"))
+    else:
+        input_description = "softmax" if framework == "adaptsegnet" else "weighted self-information"
     card_data = ModelCardData(
-        license="apache-2.0"
-        if _model_license(dataset_terms(n, run.config) for _, n in _run_datasets(run.config)) == "apache-2.0"
-        else "other",
+        license=_run_license(run),
         library_name="transformers",
         tags=["intrada", "domain-adaptation", "discriminator", f"g_{stage}", f"level_{level}"],
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_dir() / "discriminator.md"),
+        template_path=str(template_path("discriminator.md")),
         title=f"IntraDA discriminator ({stage}, {level} level)",
         level=level,
-        stage_description=_stage_description(stage),
-        model_repo_id=repo_id,
-        num_channels=config.get("num_channels", "C"),
-        input_description="softmax" if framework == "adaptsegnet" else "weighted self-information",
+        stage=stage,
+        stage_description=SEGMENTER_STAGES.get(stage, stage),
+        feature_level=feature_level,
+        config=config,
+        input_description=input_description,
         repo_id=repo_id,
-        subfolder=subfolder,
+        subfolder=f"{DISCRIMINATORS_DIR}/{level}",
         citation=INTRADA_CITATION + "\n\n" + ADVENT_CITATION,
     )
 
 
-def ranking_card(run: RunSummary, repo_id: str, *, model_repo_id: str | None = None) -> DatasetCard:
-    """The card of the ranking-splits dataset repository (Parquet in `data/`, `ranking.json`, `ranking.png`).
+def classifier_card(
+    model_dir: str | Path,
+    *,
+    name: str,
+    stage: str,
+    framework: str,
+    source_dataset: str,
+    target_dataset: str,
+    augmentation: str,
+    seed: int,
+    accuracies: Mapping[str, float],
+    repo_id: str | None = None,
+) -> ModelCard:
+    """The card of a digit classifier of the digits experiments (paper section 4.3).
+
+    Args:
+        model_dir: the saved classifier; its `config.json` gives the architecture and input.
+        name: the model's name in the results ("source only", "IntraDA (G_intra, feature-level CyCADA)").
+        stage: "source", "inter" or "intra".
+        framework: the stage's framework ("feature", "scores", "advent", "adaptsegnet", "minent",
+            "source_only").
+        source_dataset, target_dataset: the datasets (folders or Hub ids; the card shows their names).
+        augmentation: the stage's training augmentation in words ("none" without).
+        seed: the run's seed.
+        accuracies: test set -> top-1 accuracy in percent, e.g. {"target: usps (test, 2007 images)": 97.9}.
+        repo_id: the model repository, when published.
 
     Raises:
-        FileNotFoundError: if the run has no ranking (`ranking/ranking.json`).
+        ValueError: for an unknown stage or framework.
     """
-    if run.ranking is None:
-        raise FileNotFoundError(f"{run.output_dir / RANKING_SUMMARY_FILE} is missing: stage 2 was not run")
-    target = str(run.config.get("target_dataset", "?"))
-    terms = dataset_terms(target, run.config)
-    target_id = _hub_id(target)
-    data_files = sorted(p.name for p in (run.output_dir / "ranking" / "data").glob("*.parquet"))
-    if not data_files:
-        raise FileNotFoundError(f"{run.output_dir / 'ranking' / 'data'} holds no Parquet file")
-    with_entropy = _has_column(run.output_dir / "ranking" / "data" / data_files[0], "entropy_map")
-    card_data = DatasetCardData(
-        pretty_name=f"IntraDA ranking splits of {terms.name}",
-        license=terms.license or "other",
-        task_categories=["image-segmentation"],
-        tags=["intrada", "domain-adaptation", "entropy-ranking", "pseudo-labels"],
-        source_datasets=[target_id] if target_id else None,
-        configs=[
-            {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
-        ],
+    if stage not in CLASSIFIER_STAGES or framework not in CLASSIFIER_FRAMEWORK_NAMES:
+        raise ValueError(
+            f"stage must be one of {list(CLASSIFIER_STAGES)} and framework one of "
+            f"{list(CLASSIFIER_FRAMEWORK_NAMES)}, got {stage!r}, {framework!r}"
+        )
+    config = _model_config(Path(model_dir))
+    framework_name = CLASSIFIER_FRAMEWORK_NAMES[framework]
+    tag = "feature-level-cycada" if framework in CLASSIFIER_FRAMEWORKS else framework.replace("_", "-")
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["intrada", "domain-adaptation", "digits", tag],
+        metrics=["accuracy"],
     )
-    licence = f"licence `{terms.license}`" if terms.license else "licence not stated"
-    return DatasetCard.from_template(
+    return ModelCard.from_template(
         card_data,
-        template_path=str(template_dir() / "ranking_splits.md"),
-        title=f"IntraDA ranking splits of {terms.name}",
-        target_description=_split_description(
-            target, run.config.get("target_config"), run.config.get("target_split")
+        template_path=str(template_path("classifier.md")),
+        title=f"{config['architecture']} digit classifier, {Path(source_dataset).name} -> "
+        f"{Path(target_dataset).name}: {name}",
+        stage_description=CLASSIFIER_STAGES[stage].format(framework=framework_name),
+        framework=framework_name,
+        framework_details=CLASSIFIER_FRAMEWORK_DETAILS[framework].format(
+            feature_size=config.get("feature_size"), num_labels=len(config.get("id2label", {}))
         ),
-        model_repo_id=model_repo_id,
-        statistics_section=ranking_section(run.ranking),
-        label_description="the argmax map of G_inter (uint8 train ids, PNG)",
-        with_entropy_maps=with_entropy,
-        repo_id=repo_id,
-        licence_section=f"- **{terms.name}** (`{target}`), {licence}. {terms.terms}",
+        config=config,
+        augmentation=augmentation,
+        seed=seed,
+        accuracies=accuracies,
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
         citation=INTRADA_CITATION,
     )
 
 
-def _has_column(parquet_file: Path, column: str) -> bool:
-    import pyarrow.parquet as pq
+def ranking_card(
+    run: RunSummary, repo_id: str | None = None, *, model_repo_id: str | None = None
+) -> DatasetCard:
+    """The card of the ranking splits (`ranking/`: Parquet in `data/`, `ranking.json`, `ranking.png`), a
+    dataset repository `repo_id` once published (None before), beside the model repository `model_repo_id`.
 
-    return column in pq.read_schema(parquet_file).names
+    Raises:
+        FileNotFoundError: if the run has no ranking (`ranking/ranking.json` and `ranking/data/*.parquet`).
+    """
+    layout = run.layout
+    data_files = sorted(layout.ranking_dir.glob(RANKING_DATA_FILES))
+    if run.ranking is None or not data_files:
+        raise FileNotFoundError(
+            f"{layout.ranking_dir} is not a ranking-splits folder (ranking.json and {RANKING_DATA_FILES}): "
+            "stage 2 was not run"
+        )
+    schema = pq.read_schema(data_files[0])
+    segmentation = not pa.types.is_integer(schema.field("pseudo_label").type)  # PNG maps, or classes
+    target = str(run.config.get("target_dataset", "?"))
+    terms = dataset_terms(target, run.config)
+    target_id = _hub_id(target)
+    g_inter = str(run.ranking.get("model") or "")  # a folder, shown inside the run when it is, or a Hub id
+    if g_inter and _inside(g_inter, run.output_dir):
+        g_inter = _shown_path(Path(g_inter), run.output_dir)
+    card_data = DatasetCardData(
+        pretty_name=f"IntraDA ranking splits of {terms.name}",
+        license=terms.license or "other",
+        task_categories=["image-segmentation" if segmentation else "image-classification"],
+        tags=["intrada", "domain-adaptation", "entropy-ranking", "pseudo-labels"],
+        source_datasets=[target_id] if target_id else None,
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": RANKING_DATA_FILES}]}],
+    )
+    licence = f"licence `{terms.license}`" if terms.license else "licence not stated"
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path("ranking_splits.md")),
+        title=f"IntraDA ranking splits of {terms.name}",
+        target_description=_split_description(
+            target, run.config.get("target_config"), run.config.get("target_split")
+        ),
+        g_inter=g_inter,
+        model_repo_id=model_repo_id,
+        statistics_section=ranking_section(run.ranking),
+        segmentation=segmentation,
+        label_description="the argmax map of G_inter (uint8 train ids, PNG)"
+        if segmentation
+        else "the argmax class of G_inter",
+        with_entropy_maps="entropy_map" in schema.names,
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
+        licence_section=f"- **{terms.name}** (`{target}`), {licence}. {terms.terms}",
+        citation=INTRADA_CITATION,
+    )
 
 
 def measured_mean_ious(card: ModelCard | str | Path) -> dict[str, float]:
@@ -811,3 +927,76 @@ def measured_mean_ious(card: ModelCard | str | Path) -> dict[str, float]:
     if not isinstance(card, ModelCard):
         card = ModelCard.load(card)
     return {r.metric_name: float(r.metric_value) for r in (card.data.eval_results or [])}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cards of a run folder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _model_type(layout: RunLayout, stage: str) -> str | None:
+    return _model_config(layout.model_dir(stage)).get("model_type") if layout.has_model(stage) else None
+
+
+def run_cards(
+    run: RunSummary,
+    *,
+    repo_id: str | None = None,
+    stage: str | None = None,
+    ranking_repo_id: str | None = None,
+) -> dict[Path, RepoCard]:
+    """The card of every artifact folder of a run, keyed by the README.md it belongs in: the segmenters
+    (`<stage>/model`), every discriminator (`<stage>/discriminators/<level>`) and the ranking splits.
+
+    A digit classifier's folder is left out: its card states the task's facts (framework, augmentation,
+    accuracies), which the pipeline gives to `classifier_card`.
+
+    Args:
+        run: the run folder's content (`RunSummary.read`, with the results the cards should carry).
+        repo_id: the model repository of `stage`'s G and its discriminators (the other stages' cards keep
+            `REPO_ID_PLACEHOLDER`).
+        stage: the stage `repo_id` holds (default: the latest segmenter stage of the run).
+        ranking_repo_id: the dataset repository of the ranking splits.
+    """
+    layout = run.layout
+    if repo_id and stage is None:
+        stage = run.latest_stage()
+    cards: dict[Path, RepoCard] = {}
+    for s in TRAINING_STAGES:
+        named = repo_id if s == stage else None
+        if _model_type(layout, s) == DeepLabV2Config.model_type:
+            card = segmenter_card(run, s, named, ranking_repo_id=ranking_repo_id)
+            cards[layout.model_dir(s) / CARD_FILE] = card
+        for level in LEVELS:
+            if (layout.discriminator_dir(s, level) / "config.json").is_file():
+                card = discriminator_card(run, s, level, named)
+                cards[layout.discriminator_dir(s, level) / CARD_FILE] = card
+    if run.ranking is not None:
+        card = ranking_card(run, ranking_repo_id, model_repo_id=repo_id)
+        cards[layout.ranking_dir / CARD_FILE] = card
+    return cards
+
+
+def write_run_cards(
+    output_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    stage: str | None = None,
+    ranking_repo_id: str | None = None,
+    metrics_files: Iterable[str | Path] = (),
+) -> list[Path]:
+    """Write the README.md of every model, discriminator and ranking folder of a run (`run_cards`), with the
+    mIoU measured so far (`eval/metrics.json` and `metrics_files`); returns the files written.
+
+    Before a push the cards name their repository `REPO_ID_PLACEHOLDER`; `hub.push_run_to_hub` rewrites the
+    cards it uploads as `write_run_cards(output_dir, repo_id=..., stage=..., ranking_repo_id=...)` would,
+    then uploads those files: the card on disk and the card on the Hub are the same text.
+
+    Raises:
+        FileNotFoundError: `output_dir` is not a run folder (no `config.yaml`).
+    """
+    layout = RunLayout(output_dir)
+    segmenters = any(_model_type(layout, s) == DeepLabV2Config.model_type for s in TRAINING_STAGES)
+    run = RunSummary.read(output_dir, metrics_files, with_results=segmenters)
+    cards = run_cards(run, repo_id=repo_id, stage=stage, ranking_repo_id=ranking_repo_id)
+    return [write_card(card, path) for path, card in cards.items()]

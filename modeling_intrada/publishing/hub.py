@@ -10,28 +10,29 @@
 - the **dataset repository** `ranking_repo_id`: the ranking splits (`data/*.parquet`, whose pseudo labels are
   PNG bytes inside the Parquet files, `ranking.json`, `ranking.png`) with the card of `cards.ranking_card`.
 
-Every file is read from the run folder, and the cards are generated in memory: nothing local is written,
-moved or deleted, so a failed upload loses nothing, and `PushError` says what was pushed and what to retry.
+Everything is checked and every card generated before anything is written. Then the cards of what is pushed
+are written into their folders (README.md, as `cards.write_run_cards` writes them, now naming the repositories)
+and the folders' files are uploaded as they are on disk: the card on the Hub is the card in the run folder.
+Nothing else local is written, moved or deleted, so a failed upload loses nothing, and `PushError` says what
+was pushed and what to retry.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modeling_intrada.publishing.cards import (
-    LEVELS,
-    RunSummary,
-    discriminator_card,
-    ranking_card,
-    segmenter_card,
-)
+from huggingface_hub.repocard import RepoCard
+
+from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
+from modeling_intrada.publishing.cards import RunSummary, run_cards
+from modeling_intrada.publishing.dataset_card import write_card
+from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS
 
 MODEL_FILES_REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")
-RANKING_FILES_REQUIRED = ("ranking.json",)
 
 
 class PushError(RuntimeError):
@@ -50,19 +51,27 @@ class PushError(RuntimeError):
 
 @dataclass
 class UploadPlan:
-    """One commit: the repository and the files, each a local file (Path) or generated content (bytes)."""
+    """One commit: the repository and its files (path in the repository -> local file), among them the cards,
+    which are written into the run folder just before the upload."""
 
     what: str
     repo_id: str
     repo_type: str
-    files: dict[str, Path | bytes] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    cards: dict[Path, RepoCard] = field(default_factory=dict)
+
+    def add_card(self, name: str, path: Path, cards: Mapping[Path, RepoCard]) -> None:
+        """Upload the card of `path` (`cards[path]`) as `name`, from `path`, where it is written first."""
+        self.files[name] = path
+        self.cards[path] = cards[path]
 
     def describe(self) -> str:
         """One line per file: path in the repository <- where it comes from."""
         lines = [f"{self.what}: {self.repo_type} repository {self.repo_id}"]
         for name, source in sorted(self.files.items()):
-            origin = str(source) if isinstance(source, Path) else f"generated ({len(source)} bytes)"
-            lines.append(f"  {name} <- {origin}")
+            card = self.cards.get(source)
+            written = f" (card, written before the upload: {len(str(card))} characters)" if card else ""
+            lines.append(f"  {name} <- {source}{written}")
         return "\n".join(lines)
 
 
@@ -100,48 +109,50 @@ def check_model_folder(folder: Path) -> None:
 def plan_model_upload(
     run: RunSummary,
     repo_id: str,
+    cards: Mapping[Path, RepoCard],
     *,
     stage: str,
     push_discriminators: bool = False,
-    ranking_repo_id: str | None = None,
 ) -> UploadPlan:
-    """The files of the model repository: the stage's generator, card, run files and optional discriminators."""
+    """The files of the model repository: the stage's generator, its card, the run's files and, with
+    `push_discriminators`, the stage's discriminators with theirs (`cards`: `cards.run_cards`)."""
+    layout = run.layout
     folder = run.model_dir(stage)
     check_model_folder(folder)
     plan = UploadPlan("model", repo_id, "model", _folder_files(folder))
-    card = segmenter_card(run, stage, repo_id, ranking_repo_id=ranking_repo_id)
-    plan.files["README.md"] = str(card).encode()
-    plan.files["run/config.yaml"] = run.output_dir / "config.yaml"
-    for name in ("metrics.json", "results.md"):
-        if (run.output_dir / "eval" / name).is_file():
-            plan.files[f"run/{name}"] = run.output_dir / "eval" / name
+    plan.add_card(CARD_FILE, folder / CARD_FILE, cards)
+    for path in (layout.config_file, layout.metrics_file, layout.results_file):
+        if path.is_file():
+            plan.files[f"run/{path.name}"] = path
     if push_discriminators:
-        root = run.output_dir / stage / "discriminators"
-        levels = [level for level in LEVELS if (root / level / "config.json").is_file()]
+        levels = [
+            level for level in LEVELS if (layout.discriminator_dir(stage, level) / "config.json").is_file()
+        ]
         if not levels:
-            raise FileNotFoundError(f"push_discriminators: {root} holds no discriminator (aux/ or main/)")
+            raise FileNotFoundError(
+                f"push_discriminators: {layout.stage_dir(stage) / DISCRIMINATORS_DIR} holds no discriminator "
+                "(aux/ or main/)"
+            )
         for level in levels:
-            subfolder = f"discriminators/{level}"
-            plan.files.update(_folder_files(root / level, subfolder + "/"))
+            folder, subfolder = layout.discriminator_dir(stage, level), f"{DISCRIMINATORS_DIR}/{level}"
+            plan.files.update(_folder_files(folder, subfolder + "/"))
             # transformers looks for the `auto_map` code of `from_pretrained(repo, subfolder=...)` at the
             # repository root (transformers 5.x), so the discriminator's modeling files go there as well.
-            for code in sorted((root / level).glob("*.py")):
+            for code in sorted(folder.glob("*.py")):
                 plan.files.setdefault(code.name, code)
-            plan.files[f"{subfolder}/README.md"] = str(
-                discriminator_card(run, stage, level, repo_id, subfolder)
-            ).encode()
+            plan.add_card(f"{subfolder}/{CARD_FILE}", folder / CARD_FILE, cards)
     return plan
 
 
-def plan_ranking_upload(run: RunSummary, repo_id: str, *, model_repo_id: str | None = None) -> UploadPlan:
+def plan_ranking_upload(run: RunSummary, repo_id: str, cards: Mapping[Path, RepoCard]) -> UploadPlan:
     """The files of the ranking-splits dataset repository: Parquet, statistics, picture and card."""
-    folder = run.output_dir / "ranking"
-    missing = [name for name in RANKING_FILES_REQUIRED if not (folder / name).is_file()]
-    if missing or not list((folder / "data").glob("*.parquet")):
-        raise FileNotFoundError(f"{folder} is not a ranking-splits folder (ranking.json and data/*.parquet)")
-    files = {name: path for name, path in _folder_files(folder).items() if name != "README.md"}
-    plan = UploadPlan("ranking splits", repo_id, "dataset", files)
-    plan.files["README.md"] = str(ranking_card(run, repo_id, model_repo_id=model_repo_id)).encode()
+    folder = run.layout.ranking_dir
+    if not run.layout.ranking_summary.is_file() or not list(folder.glob(RANKING_DATA_FILES)):
+        raise FileNotFoundError(
+            f"{folder} is not a ranking-splits folder ({run.layout.ranking_summary.name} and {RANKING_DATA_FILES})"
+        )
+    plan = UploadPlan("ranking splits", repo_id, "dataset", _folder_files(folder))
+    plan.add_card(CARD_FILE, folder / CARD_FILE, cards)
     return plan
 
 
@@ -154,9 +165,7 @@ def upload(
     api = HfApi(token=token)
     api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
     operations = [
-        CommitOperationAdd(
-            path_in_repo=name, path_or_fileobj=str(source) if isinstance(source, Path) else source
-        )
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(source))
         for name, source in sorted(plan.files.items())
     ]
     info = api.create_commit(
@@ -222,7 +231,8 @@ def push_run_to_hub(
         metrics_files: `evaluate_miou.py` outputs whose results on this run's models join the card.
         token: a Hub token (default: the one `huggingface_hub` finds).
         commit_message: the commits' message (default: "Upload the IntraDA model" / "... ranking splits").
-        dry_run: plan and generate everything but upload nothing; the result maps each part to its plan.
+        dry_run: plan and generate everything but write and upload nothing; the result maps each part to its
+            plan.
 
     Returns:
         What was pushed ("model", "ranking splits") -> the commit URL (or the plan, for a dry run).
@@ -239,21 +249,20 @@ def push_run_to_hub(
         raise ValueError("nothing to push: push_model=False and no ranking_repo_id")
     run = RunSummary.read(output_dir, metrics_files)
     stage = stage or run.latest_stage()
-    plans = []  # everything is checked and generated before the first upload
+    # Everything is checked and generated before anything is written.
+    cards = run_cards(run, repo_id=hub_model_id, stage=stage, ranking_repo_id=ranking_repo_id)
+    plans = []
     if push_model:
         plans.append(
-            plan_model_upload(
-                run,
-                hub_model_id,
-                stage=stage,
-                push_discriminators=push_discriminators,
-                ranking_repo_id=ranking_repo_id,
-            )
+            plan_model_upload(run, hub_model_id, cards, stage=stage, push_discriminators=push_discriminators)
         )
     if ranking_repo_id:
-        plans.append(plan_ranking_upload(run, ranking_repo_id, model_repo_id=hub_model_id))
+        plans.append(plan_ranking_upload(run, ranking_repo_id, cards))
     if dry_run:
         return {plan.what: plan.describe() for plan in plans}
+    for plan in plans:
+        for path, card in plan.cards.items():
+            write_card(card, path)
     pushed: dict[str, str] = {}
     failed: dict[str, str] = {}
     for plan in plans:
@@ -275,7 +284,8 @@ def push_run_to_hub(
         lines = [f"Upload of the {what} failed: {error}" for what, error in failed.items()]
         lines += [f"Pushed: the {what} -> {url}" for what, url in pushed.items()]
         lines += [
-            f"Nothing local was changed: {output_dir} is intact.",
+            f"Nothing local was changed but the pushed cards (README.md), which name their repositories: "
+            f"{output_dir} is intact.",
             f"Retry what failed with: {retry}",
         ]
         raise PushError("\n".join(lines), pushed, failed, retry)
