@@ -5,7 +5,7 @@ experiments) and `digits` (its section 4.3). Both read one set of option names:
 
 - `RunArguments`: what runs, on which data, where the outputs go, the ranking and the adversarial weight;
 - `StageSettings` (`stage_loop.py`): the numbers of stage 1, parsed as they are (stage 3 and the digits
-  source stage change a few of them, `tasks.base.Run.settings`);
+  source stage change a few of them, `stage_settings`);
 - `SegmentationArguments` and `DigitsArguments`: the options that only one task reads. Given to the other
   task, they are refused.
 
@@ -32,6 +32,7 @@ from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
 from modeling_intrada.method.ranking import check_lambda
+from modeling_intrada.run_layout import TRAINING_STAGES
 from modeling_intrada.training.stage_loop import StageSettings
 
 # The stages of each task, in the order `--stage all` runs them.
@@ -384,6 +385,32 @@ def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
     return args
 
 
+def stage_settings(args: Arguments, stage: str) -> StageSettings:
+    """The numbers of a training stage: stage 1's as parsed; stage 3 with its `intra_*` options; the digits
+    source stage on the source alone, `source_num_iterations` steps."""
+    run, settings, digits = args.run, args.settings, args.digits
+    if stage == "intra":
+        return dataclasses.replace(
+            settings,
+            framework=run.intra_framework or settings.framework,
+            segmentation_loss=run.intra_segmentation_loss,
+            num_iterations=settings.num_iterations
+            if run.intra_num_iterations is None
+            else run.intra_num_iterations,
+        )
+    if stage == "source":
+        return dataclasses.replace(
+            settings,
+            framework="source_only",
+            segmentation_loss=True,
+            num_iterations=digits.source_num_iterations,
+            learning_rate=settings.learning_rate
+            if digits.source_learning_rate is None
+            else digits.source_learning_rate,
+        )
+    return settings
+
+
 def check_task_options(args: Arguments, given: dict[str, Any]) -> None:
     """Refuse the options of another task, given in the config or set on the command line."""
     task = args.run.task
@@ -408,13 +435,16 @@ def validate(args: Arguments) -> None:
         raise ValueError(f"--stage must be one of {stages} for task {run.task}, got {run.stage!r}")
     if run.intra_framework is not None:
         check_framework(run.intra_framework)
+    if run.intra_num_iterations is not None and run.intra_num_iterations < 0:
+        raise ValueError(f"--intra_num_iterations must be >= 0, got {run.intra_num_iterations}")
+    for stage in TRAINING_STAGES:
+        if stage in TASK_STAGES[run.task]:
+            stage_settings(args, stage)  # raises on a stage that cannot train (e.g. nothing to learn)
     check_lambda(run.lambda_easy)
     if run.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {run.mixed_precision!r}")
     if run.batch_size < 1 or run.eval_batch_size < 1:
         raise ValueError("batch sizes must be at least 1")
-    if run.intra_num_iterations is not None and run.intra_num_iterations < 0:
-        raise ValueError(f"--intra_num_iterations must be >= 0, got {run.intra_num_iterations}")
     for name in ("max_val_images", "num_threads"):
         if getattr(run, name) is not None and getattr(run, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(run, name)}")

@@ -32,6 +32,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from modeling_intrada.evaluation.segmentation import sharded_batches
 from modeling_intrada.method.ranking import rank_by_entropy, save_ranking
+from modeling_intrada.publishing.cards import write_run_cards
 from modeling_intrada.publishing.hub import push_run_to_hub
 from modeling_intrada.run_layout import TRAINING_STAGES
 from modeling_intrada.training.arguments import parse_arguments, run_config
@@ -182,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results = run.evaluate()
         else:
             adaptation_stage(run, stage)
+    if process_state().is_main_process:
+        write_run_cards(
+            run.layout.output_dir
+        )  # every segmenter, discriminator and ranking folder's README.md
     if options.push_to_hub and process_state().is_main_process:
         # The model and the ranking splits; a failure keeps the outputs and names the retry command.
         ranking_repo_id = f"{options.hub_model_id}-ranking" if run.layout.ranking_summary.is_file() else None

@@ -42,7 +42,7 @@ class StageSettings:
     """The numbers of one adaptation stage (SPEC 3; every default is the paper's).
 
     `HfArgumentParser` fills it from the options of `run_intrada.py` as stage 1's settings; the other stages
-    are `dataclasses.replace` of it (`modeling_intrada.training.tasks.base.Run.settings`).
+    are `dataclasses.replace` of it (`modeling_intrada.training.arguments.stage_settings`).
 
     Args:
         framework: advent | adaptsegnet | minent | source_only | feature | scores.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from transformers import PreTrainedModel
 from modeling_intrada.method.adaptation import ClassificationTask, SegmentationTask
 from modeling_intrada.method.ranking import RankingResult
 from modeling_intrada.run_layout import RunLayout
-from modeling_intrada.training.arguments import TASK_STAGES, Arguments
+from modeling_intrada.training.arguments import TASK_STAGES, Arguments, stage_settings
 from modeling_intrada.training.stage_loop import StageSettings
 
 
@@ -52,18 +51,8 @@ class Run(ABC):
         return TASK_STAGES[self.args.run.task]
 
     def settings(self, stage: str) -> StageSettings:
-        """The stage's numbers: stage 1's as parsed; stage 3 with its `intra_*` options."""
-        run, settings = self.args.run, self.args.settings
-        if stage != "intra":
-            return settings
-        return dataclasses.replace(
-            settings,
-            framework=run.intra_framework or settings.framework,
-            segmentation_loss=run.intra_segmentation_loss,
-            num_iterations=settings.num_iterations
-            if run.intra_num_iterations is None
-            else run.intra_num_iterations,
-        )
+        """The numbers of a training stage (`arguments.stage_settings`)."""
+        return stage_settings(self.args, stage)
 
     def adv_main_weight(self, stage: str) -> float:
         """The main level's adversarial weight of `stage` (stage 3: `intra_adv_main_weight` when given)."""

@@ -18,7 +18,6 @@ Stages (`--stage all` runs them in this order):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -69,21 +68,6 @@ class DigitsRun(Run):
         """Every stage; without the source stage when `source_num_iterations` is 0."""
         stages = TASK_STAGES["digits"]
         return stages if self.args.digits.source_num_iterations > 0 else stages[1:]
-
-    def settings(self, stage: str) -> StageSettings:
-        """As every task's; the source stage trains on the source alone, `source_num_iterations` steps."""
-        if stage != "source":
-            return super().settings(stage)
-        digits, settings = self.args.digits, self.args.settings
-        return dataclasses.replace(
-            settings,
-            framework="source_only",
-            segmentation_loss=True,
-            num_iterations=digits.source_num_iterations,
-            learning_rate=settings.learning_rate
-            if digits.source_learning_rate is None
-            else digits.source_learning_rate,
-        )
 
     # ------------------------------------------------------------------------------------ data
     def digits(self, which: str, split: str, with_labels: bool, max_samples: int | None) -> DigitsSplit:
