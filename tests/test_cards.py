@@ -260,7 +260,7 @@ def test_write_run_cards_writes_every_artifact_folder(tiny, tmp_path):
     write_run_cards(run_copy, repo_id="user/m", ranking_repo_id="user/m-ranking")
     intra = (run_copy / "intra" / "model" / "README.md").read_text()
     run = RunSummary.read(run_copy)
-    assert intra == str(segmenter_card(run, "intra", "user/m", ranking_repo_id="user/m-ranking"))
+    assert intra == str(segmenter_card(run, "intra", "user/m", ranking_repo_id="user/m-ranking")) + "\n"
     assert REPO_ID_PLACEHOLDER in (run_copy / "inter" / "model" / "README.md").read_text()
     assert (
         'subfolder="discriminators/main"'

@@ -801,7 +801,7 @@ def discriminator_card(run: RunSummary, stage: str, level: str, repo_id: str | N
         input_description=input_description,
         repo_id=repo_id,
         subfolder=f"{DISCRIMINATORS_DIR}/{level}",
-        citation=INTRADA_CITATION + "\n\n" + ADVENT_CITATION,
+        citation=INTRADA_CITATION if feature_level else INTRADA_CITATION + "\n\n" + ADVENT_CITATION,
     )
 
 

@@ -37,10 +37,13 @@ def template_path(name: str) -> Path:
 
 
 def write_card(card: RepoCard, path: str | Path) -> Path:
-    """Write `card` to `path` through a temporary file renamed into place: a reader never sees half a card."""
+    """Write `card` to `path`, ending with a newline, through a temporary file renamed into place: a reader
+    never sees half a card."""
     path = Path(path)
+    text = str(card).rstrip("\n") + "\n"  # Jinja drops the template's last newline
     temporary = path.with_name(f".{path.name}.incomplete")
-    card.save(temporary)
+    with open(temporary, "w", newline="", encoding="utf-8") as file:
+        file.write(text)
     os.replace(temporary, path)
     return path
 
