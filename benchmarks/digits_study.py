@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_intrada.run_layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MARKER = "digits-study"
 
@@ -127,7 +129,7 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, extra: list[str]
     """
     source, target, _ = SETTINGS[setting]
     out = args.output_dir / setting / f"seed_{seed}"
-    metrics_file, time_file = out / "eval" / "metrics.json", out / "wall_time_s.txt"
+    metrics_file, time_file = RunLayout(out).metrics_file, out / "wall_time_s.txt"
     command = [
         sys.executable, str(ROOT / "training" / "run_intrada.py"),
         "--config", str(ROOT / "training" / "configs" / f"digits_{setting}.yaml"),
@@ -190,7 +192,7 @@ def check_same_options(out: Path, command: list[str]) -> None:
     """Refuse to read the finished run in `out` if its config.yaml differs from what `command` resolves to
     (another config file, other options), as `comparable_options` compares them. A run without config.yaml
     is read."""
-    saved_file = out / "config.yaml"
+    saved_file = RunLayout(out).config_file
     if not saved_file.is_file():
         print(f"[digits study] {out}: no config.yaml to compare with, read as it is", flush=True)
         return

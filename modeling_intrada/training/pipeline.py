@@ -40,8 +40,6 @@ from modeling_intrada.training.cpu_allocator import keep_freed_memory
 from modeling_intrada.training.stage_loop import AdaptationStage, list_checkpoints
 from modeling_intrada.training.tasks import Run, make_run, process_state
 
-logger = logging.getLogger("run_intrada")
-
 
 def make_accelerator(run: Run, stage: str, framework: str) -> Accelerator:
     """The training stage's Accelerator. With `feature`, the adversarial loss never reaches the classifier's
