@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -350,7 +350,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def check_renamed(names: Sequence[str], where: str = "") -> None:
+def check_renamed(names: Iterable[str], where: str = "") -> None:
     """Refuse an option under its old name, naming the new one."""
     for name in names:
         if name in RENAMED_OPTIONS:
