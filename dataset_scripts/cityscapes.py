@@ -36,9 +36,9 @@ from modeling_intrada.data.building import (
     require_dir,
     segmentation_row,
 )
+from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
-from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 read_train_ids = functools.partial(
     mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS

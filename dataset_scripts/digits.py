@@ -38,9 +38,9 @@ from modeling_intrada.data.building import (
     finish,
     require_dir,
 )
+from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import encode_png
 from modeling_intrada.labels import DIGITS
-from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 DATASETS = ("mnist", "usps", "svhn")
 FEATURES = datasets.Features(

@@ -35,6 +35,7 @@ from modeling_intrada.data.building import (
     require_dir,
     segmentation_row,
 )
+from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import (
     SYNTHIA_13,
@@ -46,7 +47,6 @@ from modeling_intrada.labels import (
     LabelSpace,
     map_label_ids,
 )
-from modeling_intrada.publishing.dataset_card import DatasetDescription
 
 LABEL_SPACES = {"synthia16": SYNTHIA_16, "synthia13": SYNTHIA_13}
 SYNTHIA_ID_TO_13 = {

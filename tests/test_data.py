@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_intrada.models.deeplabv2 import image_transforms as transforms
+from modeling_intrada.data.dataset_card import DatasetDescription, write_dataset_card
 from modeling_intrada.data.datasets import (
-    DatasetCard,
     SegmentationDataset,
     SegmentationTransform,
     StreamingSegmentationDataset,
@@ -26,11 +25,11 @@ from modeling_intrada.data.datasets import (
     read_label_space,
     segmentation_features,
     shard_file_name,
-    write_dataset_card,
     write_label_space,
     write_parquet_file,
 )
 from modeling_intrada.labels import CAMVID
+from modeling_intrada.models.deeplabv2 import image_transforms as transforms
 
 HEIGHT, WIDTH = 12, 20
 
@@ -68,7 +67,7 @@ def built(tmp_path_factory):
     write_label_space(root, CAMVID, {"dataset": "tiny"})
     write_dataset_card(
         root,
-        DatasetCard(
+        DatasetDescription(
             pretty_name="tiny",
             license="apache-2.0",
             summary="test data",
@@ -109,7 +108,7 @@ def test_write_rejects_an_empty_split(tmp_path):
 
 
 def test_card_requires_shards(tmp_path):
-    card = DatasetCard("x", "mit", "", "", "", {"default": {"train": 1}}, CAMVID, "default")
+    card = DatasetDescription("x", "mit", "", "", "", {"default": {"train": 1}}, CAMVID, "default")
     with pytest.raises(FileNotFoundError, match="no Parquet shard for config 'default' split 'train'"):
         write_dataset_card(tmp_path, card)
 

@@ -9,7 +9,7 @@ describes its card. `build_dataset` does the rest:
    order (so the output does not depend on `--num_proc`);
 3. writes the shards, `--num_proc` at a time, each row group streamed to disk (nothing holds a
    whole split in memory) into `<output_dir>.incomplete`, renamed to `<output_dir>` at the end;
-4. writes `label_space.json`, `id2label.json` and the `README.md` card (`publishing.dataset_card`), with
+4. writes `label_space.json`, `id2label.json` and the `README.md` card (`data.dataset_card`), with
    the row counts and what happened on the way (e.g. GTA5 pairs whose label was resized);
 5. optionally uploads the folder to the Hub (`--push_to_hub`, private unless `--public`).
 """
@@ -27,6 +27,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageFile
 
+from modeling_intrada.data.dataset_card import DatasetDescription, write_dataset_card
 from modeling_intrada.data.datasets import (
     LABEL_SPACE_FILE,
     encode_label_png,
@@ -36,7 +37,6 @@ from modeling_intrada.data.datasets import (
     write_parquet_file,
 )
 from modeling_intrada.labels import LabelSpace, map_label_ids
-from modeling_intrada.publishing.dataset_card import DatasetDescription, write_dataset_card
 
 
 class BuildError(ValueError):

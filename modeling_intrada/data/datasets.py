@@ -4,7 +4,7 @@ A built dataset is a folder (or a Hub dataset repository) in the layout `dataset
 reads: `<config>/<split>-00000-of-000NN.parquet` files whose rows hold the PNG bytes of `image`
 and, for labelled splits, `label` (uint8 train ids, 255 ignore), a stable `id` and metadata
 columns; a `README.md` card whose YAML header lists the configurations (written by
-`modeling_intrada.publishing.dataset_card`); and `label_space.json` / `id2label.json` with the
+`modeling_intrada.data.dataset_card`); and `label_space.json` / `id2label.json` with the
 classes. `dataset_scripts/` writes them from raw downloads, `modeling_intrada.data.synthetic` writes
 the embedded default, and training reads them with `SegmentationDataset` (map-style) or
 `StreamingSegmentationDataset` (iterable, for large sets).

@@ -38,11 +38,11 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from huggingface_hub.repocard import RepoCard
 
 from modeling_intrada import DeepLabV2Config, FeatureDiscriminatorConfig
+from modeling_intrada.data.dataset_card import REPO_ID_PLACEHOLDER, write_card
 from modeling_intrada.data.datasets import LABEL_SPACE_FILE
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET, synthetic_dir_of
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
-from modeling_intrada.publishing.dataset_card import REPO_ID_PLACEHOLDER, template_path, write_card
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
 
 STAGES = ("inter", "intra")  # the stages whose G is a segmenter
@@ -165,6 +165,11 @@ class MeasuredResult:
     @property
     def selected_with_validation_labels(self) -> bool:
         return self.selection == "best_val"
+
+
+def template_path(name: str) -> Path:
+    """A card template of the package (`templates/<name>`), shipped inside the wheel."""
+    return Path(__file__).resolve().parent / "templates" / name
 
 
 def _stage_of(model: str) -> str | None:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from huggingface_hub.repocard import RepoCard
 
+from modeling_intrada.data.dataset_card import write_card
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
 from modeling_intrada.publishing.cards import RunSummary, run_cards
-from modeling_intrada.publishing.dataset_card import write_card
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS
 
 MODEL_FILES_REQUIRED = ("config.json", "model.safetensors", "preprocessor_config.json")

@@ -1,11 +1,10 @@
-"""The card of a built dataset, and what every card of the package is written with.
+"""The card of a built dataset, and the file write every card of the package goes through.
 
 A built dataset's `README.md` is part of the dataset: its YAML `configs` is how `datasets.load_dataset` finds
 each configuration's Parquet shards. So the data layer writes it whenever it builds a dataset
 (`data.building.build_dataset` for `dataset_scripts/`, `data.synthetic` for the embedded default, which
-evaluation may build on demand), and this module imports nothing from the library but `labels` and
-`run_layout`: it is the part of `publishing` that `data` may import. `cards` writes every other card with the
-same templates folder (`template_path`), the same placeholder and the same file write (`write_card`).
+evaluation may build on demand). `publishing.cards` writes every other card with the same placeholder and the
+same file write (`write_card`).
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ TASKS = {
 }
 
 
-def template_path(name: str) -> Path:
-    """A card template of the package (`templates/<name>`), shipped inside the wheel."""
-    return Path(__file__).resolve().parent / "templates" / name
+# The template of a built dataset's card, shipped inside the wheel.
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset.md"
 
 
 def write_card(card: RepoCard, path: str | Path) -> Path:
@@ -117,7 +115,7 @@ def dataset_card(description: DatasetDescription, num_shards: Mapping[tuple[str,
     )
     return DatasetCard.from_template(
         card_data,
-        template_path=str(template_path("dataset.md")),
+        template_path=str(TEMPLATE),
         summary=description.summary,
         num_rows=description.splits,
         repo_id=REPO_ID_PLACEHOLDER,
