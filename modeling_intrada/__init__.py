@@ -9,9 +9,10 @@ Importing the package registers the models with the Auto classes::
 Saved folders also carry the modeling code (`auto_map`), so `trust_remote_code=True` loads them in an
 interpreter that never imported this package.
 
-Layout (docs/architecture.md): `models/` one folder per model, `method/` the paper's losses, frameworks and
-ranking, `data/` datasets and their building, `evaluation/` the metric and the evaluator, `publishing/` cards
-and the Hub, `training/` the arguments, the stage loop and the pipeline. Imports go in that order.
+Layout (docs/architecture.md): `models/` one folder per model, `data/` datasets and their building,
+`method/` the paper's losses, frameworks and ranking, `evaluation/` the metric and the evaluator,
+`publishing/` cards and the Hub, `training/` the arguments, the stage loop and the pipeline. Imports go in
+that order.
 """
 
 from transformers import (
