@@ -53,7 +53,7 @@ def test_segmenter_card_parses_back_with_the_measured_miou(tiny, tmp_path, stage
     loaded, metadata = _save_and_load(card, tmp_path / "README.md")
 
     measured = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    expected = measured[f"G_{stage} (stage, last snapshot)".replace("stage", stage)]["mean_iou"]
+    expected = measured["results"][f"G_{stage}"]["scores"]["19"]["mean_iou"]
     index = metadata["model-index"][0]
     assert index["name"] == "intrada-tiny"
     (entry,) = index["results"]
@@ -130,7 +130,7 @@ def test_metrics_of_another_run_are_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="holds no result of a model of the run"):
         RunSummary.read(run_dir, metrics_files=[other])
     (tmp_path / "bad.json").write_text(json.dumps({"x": {"y": 1}}))
-    with pytest.raises(ValueError, match=r"neither an evaluate_miou\.py result"):
+    with pytest.raises(ValueError, match=r"expected the evaluator's metrics\.json"):
         read_metrics_file(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         RunSummary.read(tmp_path)
@@ -203,11 +203,17 @@ def test_run_metrics_with_several_protocols(tmp_path):
         }
 
     sixteen, thirteen = scores("16", 0.41, ["road"] * 16), scores("13", 0.47, ["road"] * 13)
-    entry = {"model": "/runs/synthia/intra/model", **sixteen, "protocols": {"16": sixteen, "13": thirteen}}
+    entry = {
+        "title": "G_intra (intra, last snapshot)",
+        "model": "/runs/synthia/intra/model",
+        "stage": "intra",
+        "selection": "last",
+        "scores": {"16": sixteen, "13": thirteen},
+    }
     path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"G_intra (intra, last snapshot)": entry}))
-    config = {"val_dataset": "someone/cityscapes", "val_config": None, "val_split": "validation"}
-    results = read_metrics_file(path, config)
+    dataset = {"name": "someone/cityscapes", "config": None, "split": "validation"}
+    path.write_text(json.dumps({"dataset": dataset, "results": {"G_intra": entry}}))
+    results = read_metrics_file(path)
     assert [(r.stage, r.protocol, r.mean_iou) for r in results] == [
         ("intra", "16", 0.41),
         ("intra", "13", 0.47),
@@ -241,7 +247,7 @@ def test_write_run_cards_writes_every_artifact_folder(tiny, tmp_path):
         card = ModelCard.load(run_copy / stage / "model" / "README.md")
         (value,) = measured_mean_ious(card).values()
         assert value == pytest.approx(
-            100 * measured[f"G_{stage} ({stage}, last snapshot)"]["mean_iou"], abs=0.005
+            100 * measured["results"][f"G_{stage}"]["scores"]["19"]["mean_iou"], abs=0.005
         )
         assert f'from_pretrained("{REPO_ID_PLACEHOLDER}", trust_remote_code=True)' in card.text
         assert card.data.model_name == "run"  # the run folder names the model index until it is published

@@ -112,7 +112,7 @@ def test_same_model_same_data_as_the_run_eval_stage(tiny, tmp_path):
         ["--model", str(run_dir / "inter" / "model"), "--dataset", str(data), "--dataset_config", "target_val",
          "--num_workers", "0", "--num_pictures", "0", "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    expected = stage_results["G_inter (inter, last snapshot)"]["mean_iou"]
+    expected = stage_results["results"]["G_inter"]["scores"]["19"]["mean_iou"]
     assert ours["results"]["model"]["scores"]["19"]["mean_iou"] == pytest.approx(expected, abs=1e-12)
 
 

@@ -136,7 +136,9 @@ def test_push_fail_retry_and_read_back(tiny, hub, tmp_path):
         )
     assert model_repo.files["run/config.yaml"] == (run_dir / "config.yaml").read_bytes()
     card = ModelCard(model_repo.files["README.md"].decode())
-    measured = json.loads((run_dir / "eval" / "metrics.json").read_text())["G_intra (intra, last snapshot)"]
+    measured = json.loads((run_dir / "eval" / "metrics.json").read_text())["results"]["G_intra"]["scores"][
+        "19"
+    ]
     assert measured_mean_ious(card) == {
         "mIoU (19 classes, last snapshot)": pytest.approx(100 * measured["mean_iou"], abs=0.005)
     }
@@ -264,7 +266,7 @@ def test_training_program_pushes_at_the_end(tiny, hub, tmp_path):
         model_repo.files["model.safetensors"] == (copy / "intra" / "model" / "model.safetensors").read_bytes()
     )
     assert ranking_repo.files["ranking.json"] == (copy / "ranking" / "ranking.json").read_bytes()
-    measured = json.loads((copy / "eval" / "metrics.json").read_text())["G_intra (intra, last snapshot)"]
+    measured = json.loads((copy / "eval" / "metrics.json").read_text())["results"]["G_intra"]["scores"]["19"]
     assert model_repo.files["README.md"] == (copy / "intra" / "model" / "README.md").read_bytes()
     card = ModelCard(model_repo.files["README.md"].decode())
     (value,) = measured_mean_ious(card).values()

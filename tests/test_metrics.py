@@ -205,7 +205,7 @@ def test_other_ignore_indices(ignore_index):
         metric.confusion_matrix().numpy(), numpy_confusion(predictions, references, 7)
     )
     with pytest.raises(ValueError, match=f"values other than 0..6 or the ignore index {ignore_index}"):
-        # 255 is now an ordinary invalid value
+        # 255 is then an ordinary invalid value
         confusion_matrix(torch.tensor([0]), torch.tensor([255]), 7, ignore_index=ignore_index)
 
 

@@ -54,8 +54,9 @@ def test_default_pipeline_runs_end_to_end(finished_run):
         assert (out / stage / "DONE").read_text().strip() == "8"
     assert (out / "ranking" / "ranking.png").is_file()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics) == set(results) and len(metrics) == 2
-    for scores in metrics.values():
+    assert set(metrics["results"]) == set(results["results"]) == {"G_inter", "G_intra"}
+    for result in metrics["results"].values():
+        scores = result["scores"]["19"]
         assert 0.0 < scores["mean_iou"] <= 1.0
     assert "mIoU" in (out / "eval" / "results.md").read_text()
     assert len(list((out / "eval" / "predictions").rglob("*.png"))) == 8
@@ -210,4 +211,4 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path):
     assert json.loads((checkpoint / "loop_state.json").read_text())["num_processes"] == 2
     summary = json.loads((out / "ranking" / "ranking.json").read_text())
     assert summary["num_images"] == 40  # every target image scored once, across the two processes
-    assert len(json.loads((out / "eval" / "metrics.json").read_text())) == 2
+    assert len(json.loads((out / "eval" / "metrics.json").read_text())["results"]) == 2

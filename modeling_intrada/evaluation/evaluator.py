@@ -147,14 +147,16 @@ class EvaluationArguments:
 class Candidate:
     """A generator to evaluate: a model folder and, for snapshots, the iteration it was saved at.
 
-    `name` and `title` are how a model given by name (the pipeline's G_inter, G_intra) is reported: the
-    key of its result in metrics.json and its row in the tables.
+    `name`, `title` and `stage` are how a stage's model given by name (the pipeline's G_inter, G_intra) is
+    reported: the key of its result in metrics.json, its row in the tables, and the stage that trained it
+    (such a model is the stage's last snapshot).
     """
 
     path: str
     iteration: int | None = None
     name: str | None = None
     title: str | None = None
+    stage: str | None = None
 
     @property
     def label(self) -> str:
@@ -458,21 +460,13 @@ class Evaluator:
             for candidate in self.candidates:
                 scores, confusion, predictions = self.evaluate(candidate, "evaluate", keep=True)
                 title = candidate.title or candidate.path
-                rule = (
-                    "the model given" if candidate.iteration is None else f"{candidate.label}, no selection"
+                selection, rule = (
+                    ("given", "the model given")
+                    if candidate.stage is None
+                    else ("last", f"the last snapshot of stage {candidate.stage}, no selection")
                 )
-                results.append(
-                    Result(
-                        candidate.name or "model",
-                        title,
-                        candidate,
-                        "given",
-                        rule,
-                        scores,
-                        confusion,
-                        predictions,
-                    )
-                )
+                key = candidate.name or "model"
+                results.append(Result(key, title, candidate, selection, rule, scores, confusion, predictions))
             return results, []
 
         chosen: dict[str, tuple[Candidate, str]] = {
@@ -595,6 +589,7 @@ def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: lis
             r.key: {
                 "title": r.title,
                 "model": r.candidate.path,
+                "stage": r.candidate.stage,
                 "iteration": r.candidate.iteration,
                 "selection": r.selection,
                 "selection_rule": r.rule,

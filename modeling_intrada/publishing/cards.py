@@ -203,93 +203,53 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _selection_from_title(title: str) -> str:
-    lowered = title.lower()
-    if "best" in lowered and "validation" in lowered:
-        return "best_val"
-    if "entropy" in lowered:
-        return "min_entropy"
-    return "last"
-
-
-def read_metrics_file(
-    path: str | Path, run_config: Mapping[str, Any] | None = None, run_dir: str | Path | None = None
-) -> list[MeasuredResult]:
-    """The results of a metrics.json: the run's `eval/metrics.json` or an `evaluate_miou.py` output.
+def read_metrics_file(path: str | Path, run_dir: str | Path | None = None) -> list[MeasuredResult]:
+    """The results of a metrics.json written by the evaluator (the run's `eval/metrics.json` or an
+    `evaluate_miou.py` output: the same schema).
 
     Args:
         path: the file.
-        run_config: the run's configuration, which names the validation split of `eval/metrics.json`.
         run_dir: the run folder, to show the file's path relative to it.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if it is neither format.
+        ValueError: if it is not the evaluator's format.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
     data = json.loads(path.read_text())
-    source = _shown_path(path, run_dir)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    results = []
-    if isinstance(data.get("results"), dict) and isinstance(data.get("dataset"), dict):  # evaluate_miou.py
-        dataset = data["dataset"]
-        for key, entry in data["results"].items():
-            for protocol, scores in entry["scores"].items():
-                results.append(
-                    MeasuredResult(
-                        title=entry.get("title", key),
-                        model=str(entry["model"]),
-                        stage=_stage_of(str(entry["model"])),
-                        selection=entry.get("selection", key),
-                        iteration=entry.get("iteration"),
-                        protocol=str(protocol),
-                        mean_iou=_float(scores["mean_iou"]),
-                        class_names=tuple(scores["class_names"]),
-                        per_class_iou=tuple(scores["per_class_iou"]),
-                        dataset=str(dataset["name"]),
-                        dataset_config=dataset.get("config"),
-                        dataset_split=str(dataset["split"]),
-                        num_images=dataset.get("num_images"),
-                        first_images=dataset.get("max_images"),
-                        source=source,
-                    )
-                )
-        return results
-    config = dict(run_config or {})
-    for title, entry in data.items():  # run_intrada.py's eval stage: title -> {"model", scores...}
-        if not isinstance(entry, dict) or "mean_iou" not in entry or "model" not in entry:
-            raise ValueError(
-                f"{path}: entry {title!r} is neither an evaluate_miou.py result nor a run_intrada.py one "
-                "(expected 'model' and 'mean_iou')"
-            )
-        # The eval stage names its rows "G_inter (inter, ...)": reliable even for a G_inter given by Hub id.
-        match = re.search(r"\b(inter|intra)\b", title)
-        stage = match.group(1) if match else _stage_of(str(entry["model"]))
-        # One score set, or one per protocol under "protocols" (e.g. "16" and "13" for SYNTHIA).
-        for scores in (entry.get("protocols") or {"": entry}).values():
-            results.append(
-                MeasuredResult(
-                    title=title,
-                    model=str(entry["model"]),
-                    stage=stage,
-                    selection=_selection_from_title(title),
-                    iteration=None,
-                    protocol=str(scores["protocol"]),
-                    mean_iou=_float(scores["mean_iou"]),
-                    class_names=tuple(scores["class_names"]),
-                    per_class_iou=tuple(scores["per_class_iou"]),
-                    dataset=str(config.get("val_dataset") or "validation split"),
-                    dataset_config=config.get("val_config"),
-                    dataset_split=str(config.get("val_split") or "validation"),
-                    num_images=None,
-                    first_images=config.get("max_val_images"),
-                    source=source,
-                )
-            )
-    return results
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("results"), dict)
+        and isinstance(data.get("dataset"), dict)
+    ):
+        raise ValueError(
+            f"{path}: expected the evaluator's metrics.json (keys 'dataset' and 'results'); write it with "
+            "run_intrada.py --stage eval or evaluate_miou.py"
+        )
+    source, dataset = _shown_path(path, run_dir), data["dataset"]
+    return [
+        MeasuredResult(
+            title=entry.get("title", key),
+            model=str(entry["model"]),
+            stage=entry.get("stage") or _stage_of(str(entry["model"])),
+            selection=entry.get("selection", key),
+            iteration=entry.get("iteration"),
+            protocol=str(protocol),
+            mean_iou=_float(scores["mean_iou"]),
+            class_names=tuple(scores["class_names"]),
+            per_class_iou=tuple(scores["per_class_iou"]),
+            dataset=str(dataset["name"]),
+            dataset_config=dataset.get("config"),
+            dataset_split=str(dataset["split"]),
+            num_images=dataset.get("num_images"),
+            first_images=dataset.get("max_images"),
+            source=source,
+        )
+        for key, entry in data["results"].items()
+        for protocol, scores in entry["scores"].items()
+    ]
 
 
 @dataclass
@@ -321,10 +281,10 @@ class RunSummary:
         ranking = json.loads(layout.ranking_summary.read_text()) if layout.ranking_summary.is_file() else None
         results = []
         if with_results and layout.metrics_file.is_file():
-            results += read_metrics_file(layout.metrics_file, config, output_dir)
+            results += read_metrics_file(layout.metrics_file, output_dir)
         for path in metrics_files if with_results else ():
             # Only results on this run's generators count (a stage is read from the model's path).
-            own = [r for r in read_metrics_file(path, config, output_dir) if _inside(r.model, output_dir)]
+            own = [r for r in read_metrics_file(path, output_dir) if _inside(r.model, output_dir)]
             if not own:
                 raise ValueError(
                     f"{path} holds no result of a model of the run {output_dir} (models under "

@@ -41,7 +41,6 @@ TASK_STAGES = {
     "digits": ("source", "inter", "rank", "intra", "eval"),
 }
 TASKS = tuple(TASK_STAGES)
-LABEL_MAPPINGS = ("cityscapes_to_synthia16",)
 AUGMENTATIONS = ("none", "affine")
 AUGMENTED_STAGES = ("source", "inter", "intra")  # the digits stages that train on labelled images
 # Without --config, segmentation runs the embedded synthetic default (small backbone, minutes on a laptop CPU).
@@ -55,6 +54,10 @@ RENAMED_OPTIONS = {
     "train_split": ("source_split", "target_split"),
     "test_split": ("val_split",),
     "max_test_samples": ("max_val_images",),
+}
+# Options that are gone: the old key -> why, and what to do.
+REMOVED_OPTIONS = {
+    "val_label_mapping": "validation labels are mapped to the model's classes by class name; remove it",
 }
 
 
@@ -201,15 +204,11 @@ class SegmentationArguments:
         default=None, metadata={"help": "random crop HEIGHT WIDTH (paper: none)"}
     )
     hflip: bool = field(default=False, metadata={"help": "random horizontal flips (paper: no)"})
-    val_label_mapping: str | None = field(
-        default=None,
-        metadata={
-            "help": "map validation labels first: cityscapes_to_synthia16 (a SYNTHIA model on Cityscapes)"
-        },
-    )
     eval_protocols: list[str] | None = field(
         default=None,
-        metadata={"help": "class protocols to report, e.g. 16 13 for SYNTHIA (default: all classes)"},
+        metadata={
+            "help": "class protocols to report: 19 | 16 | 13 | all (default: 19 for 19 classes, 16 and 13 for 16, else all)"
+        },
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the embedded synthetic dataset"})
     synthetic_num_images: list[int] = field(
@@ -356,6 +355,8 @@ def check_renamed(names: Iterable[str], where: str = "") -> None:
         if name in RENAMED_OPTIONS:
             new = " and ".join(RENAMED_OPTIONS[name])
             raise ValueError(f"{where}option {name!r} is now called {new}; rename it")
+        if name in REMOVED_OPTIONS:
+            raise ValueError(f"{where}option {name!r} is gone: {REMOVED_OPTIONS[name]}")
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
@@ -465,10 +466,6 @@ def validate_segmentation(args: Arguments) -> None:
         size = getattr(seg, name)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"--{name} takes HEIGHT WIDTH, got {size}")
-    if seg.val_label_mapping not in (None, *LABEL_MAPPINGS):
-        raise ValueError(
-            f"--val_label_mapping must be one of {LABEL_MAPPINGS}, got {seg.val_label_mapping!r}"
-        )
     if seg.normalization not in (None, "caffe", "imagenet"):
         raise ValueError(f"--normalization must be caffe or imagenet, got {seg.normalization!r}")
 

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if options.num_threads is not None:
         torch.set_num_threads(options.num_threads)
     if options.keep_freed_memory and process_state().device.type == "cpu":
-        keep_freed_memory()  # glibc: 10-25 % of a CPU iteration went to page faults (benchmarks/README.md)
+        keep_freed_memory()  # glibc would return freed pages and fault them in again every iteration
     run = make_run(args)
     if process_state().is_main_process:
         write_config(run)
@@ -181,10 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results = run.evaluate()
         else:
             adaptation_stage(run, stage)
-    if process_state().is_main_process:
-        write_run_cards(
-            run.layout.output_dir
-        )  # every segmenter, discriminator and ranking folder's README.md
+        if process_state().is_main_process:
+            # After every stage, so that each saved folder carries its README.md even if a later stage fails.
+            write_run_cards(run.layout.output_dir)
     if options.push_to_hub and process_state().is_main_process:
         # The model and the ranking splits; a failure keeps the outputs and names the retry command.
         ranking_repo_id = f"{options.hub_model_id}-ranking" if run.layout.ranking_summary.is_file() else None

@@ -221,7 +221,7 @@ class AdaptationStage:
         if settings.torch_compile:
             # Compiled wrappers around the prepared modules; state dicts and `unwrap_model` see the originals.
             # Static shapes: source and target sizes differ, and the default (dynamic=None) answers the second
-            # size with one dynamic-shape graph, which compiled for over four minutes on an H200 (issue 7).
+            # size with one dynamic-shape graph, which compiles for minutes.
             self.generator = torch.compile(self.generator, dynamic=False)
             self.discriminators = [torch.compile(d, dynamic=False) for d in self.discriminators]
         for optimizer in self.optimizers:

@@ -32,24 +32,17 @@ from modeling_intrada import (
     FeatureDiscriminator,
     FeatureDiscriminatorConfig,
 )
+from modeling_intrada.data.dataset_card import write_card
 from modeling_intrada.data.digits import DigitsSplit, load_digits
 from modeling_intrada.evaluation.segmentation import sharded_batches
 from modeling_intrada.labels import DIGITS
-from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, ClassificationTask
+from modeling_intrada.method.adaptation import ClassificationTask
 from modeling_intrada.method.ranking import RankingResult, load_ranking
+from modeling_intrada.publishing.cards import CLASSIFIER_FRAMEWORK_NAMES, classifier_card
 from modeling_intrada.run_layout import CARD_FILE
 from modeling_intrada.training.arguments import TASK_STAGES, Arguments, DigitsArguments
 from modeling_intrada.training.stage_loop import StageSettings
 from modeling_intrada.training.tasks.base import Run
-
-FRAMEWORK_NAMES = {
-    "feature": "feature-level CyCADA",
-    "scores": "feature-level CyCADA on class scores",
-    "advent": "AdvEnt on class scores",
-    "adaptsegnet": "softmax alignment",
-    "minent": "MinEnt",
-    "source_only": "no adaptation",
-}
 
 
 class DigitsRun(Run):
@@ -197,11 +190,30 @@ class DigitsRun(Run):
         }
 
     # ----------------------------------------------------------------------------- evaluation
+    def write_card(self, name: str, row: dict, metrics: dict) -> Path:
+        """The README.md of one trained classifier, with its measured accuracy (`publishing.cards`)."""
+        stage, run = row["stage"], self.args.run
+        card = classifier_card(
+            self.layout.model_dir(stage),
+            name=name,
+            stage=stage,
+            framework=self.settings(stage).framework,
+            source_dataset=run.source_dataset,
+            target_dataset=run.target_dataset,
+            augmentation=augmentation_summary(self.args.digits, stage),
+            seed=self.args.settings.seed,
+            accuracies={
+                f"target: {metrics['target_test']}": row["target_accuracy"],
+                f"source: {metrics['source_test']}": row["source_accuracy"],
+            },
+        )
+        return write_card(card, self.layout.model_dir(stage) / CARD_FILE)
+
     def model_rows(self) -> list[tuple[str, str]]:
         """(name, stage) of every model this run has trained, in pipeline order."""
         run, settings = self.args.run, self.args.settings
-        framework = FRAMEWORK_NAMES[settings.framework]
-        intra_framework = FRAMEWORK_NAMES[run.intra_framework or settings.framework]
+        framework = CLASSIFIER_FRAMEWORK_NAMES[settings.framework]
+        intra_framework = CLASSIFIER_FRAMEWORK_NAMES[run.intra_framework or settings.framework]
         candidates = [
             ("source only", "source"),
             (f"inter-domain only (G_inter, {framework})", "inter"),
@@ -237,8 +249,7 @@ class DigitsRun(Run):
             self.layout.metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
             for name, row in results.items():
                 if not (row["stage"] == "inter" and run.inter_model):
-                    card = model_card(self, name, row, metrics)
-                    (self.layout.model_dir(row["stage"]) / CARD_FILE).write_text(card)
+                    self.write_card(name, row, metrics)
             table = accuracy_table(results)
             self.layout.results_file.write_text(
                 f"# Accuracy: {run.source_dataset} -> {run.target_dataset}, seed {self.args.settings.seed}\n\n"
@@ -293,24 +304,6 @@ def accuracy_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ the card
-FRAMEWORK_DETAILS = {
-    "feature": "a discriminator on the classifier's {c.feature_size}-d features (ADDA-like); CyCADA's "
-    "pixel-level (CycleGAN) part is not implemented",
-    "scores": "a discriminator on the classifier's {c.num_labels} class scores, as CyCADA's released ADDA "
-    "code; CyCADA's pixel-level (CycleGAN) part is not implemented",
-    "advent": "a discriminator on the weighted self-information of the class scores",
-    "adaptsegnet": "a discriminator on the softmax of the class scores",
-    "minent": "entropy minimisation on the target, no discriminator",
-    "source_only": "no adaptation term",
-}
-STAGE_DESCRIPTIONS = {
-    "source": "trained on the labelled source only (the baseline, and the start of stage 1)",
-    "inter": "IntraDA stage 1 (G_inter): source vs target, {framework}",
-    "intra": "IntraDA stage 3 (G_intra): easy target images with G_inter's pseudo labels vs hard ones, {framework}",
-}
-
-
 def augmentation_summary(digits: DigitsArguments, stage: str) -> str:
     """The augmentation of `stage`'s training images in words, for cards."""
     if not digits.augments(stage):
@@ -321,60 +314,3 @@ def augmentation_summary(digits: DigitsArguments, stage: str) -> str:
         f"random affine of {streams}: rotation up to {digits.affine_degrees:g} degrees, zoom {low:g} to "
         f"{high:g}, shift up to {digits.affine_translate:.0%} of the side"
     )
-
-
-def model_card(run: DigitsRun, name: str, row: dict, metrics: dict) -> str:
-    """A model card (README.md) for one trained classifier, with its measured accuracy."""
-    a, c = run.args, run.classifier_config
-    framework_key = run.settings(row["stage"]).framework
-    framework = FRAMEWORK_NAMES[framework_key]
-    stage = STAGE_DESCRIPTIONS[row["stage"]].format(framework=framework)
-    source, target = Path(a.run.source_dataset).name, Path(a.run.target_dataset).name
-    tag = (
-        "feature-level-cycada" if framework_key in CLASSIFIER_FRAMEWORKS else framework_key.replace("_", "-")
-    )
-    return f"""---
-library_name: transformers
-pipeline_tag: image-classification
-tags:
-- intrada
-- domain-adaptation
-- digits
-- {tag}
-metrics:
-- accuracy
----
-
-# {c.architecture} digit classifier, {source} -> {target}: {name}
-
-Unsupervised domain adaptation of digit classifiers with IntraDA (Pan et al., CVPR 2020, section 4.3),
-as implemented by the `intrada-hf` project (`modeling_intrada/training/tasks/digits.py`, docs/digits.md).
-
-- **Stage:** {stage}.
-- **Framework:** {framework}: {FRAMEWORK_DETAILS[framework_key].format(c=c)}.
-- **Architecture:** `DigitClassifier` ({c.architecture}), input {c.num_channels}x{c.image_size}x{c.image_size},
-  `pixel_values = (x / 255 - 0.5) / 0.5`. USPS 16x16 digits are resized bilinearly to the input size.
-- **Training augmentation:** {augmentation_summary(a.digits, row["stage"])}.
-- **Seed:** {a.settings.seed}.
-
-## Evaluation
-
-Last iterate of the stage, no selection on test labels.
-
-| test set | accuracy (%) |
-|---|---:|
-| target: {metrics["target_test"]} | {row["target_accuracy"]:.2f} |
-| source: {metrics["source_test"]} | {row["source_accuracy"]:.2f} |
-
-## Use
-
-```python
-import modeling_intrada  # or trust_remote_code=True
-from transformers import AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained("<this folder or repo id>").eval()
-prediction = model(pixel_values=pixel_values).logits.argmax(-1)
-```
-
-The run's options are in its `config.yaml`.
-"""

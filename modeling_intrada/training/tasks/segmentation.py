@@ -7,7 +7,6 @@ Stages: inter (source vs target -> G_inter), rank, intra (easy with pseudo label
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,24 @@ from modeling_intrada import (
 )
 from modeling_intrada.data.datasets import SegmentationDataset, build_segmentation_dataset, read_label_space
 from modeling_intrada.data.synthetic import resolve_dataset_name
-from modeling_intrada.evaluation.metrics import MeanIoU, markdown_table, scores_from_confusion_matrix
-from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation
-from modeling_intrada.labels import CITYSCAPES_TO_SYNTHIA_16, colorize, get_label_space
+from modeling_intrada.evaluation.evaluator import (
+    Candidate,
+    EvaluationArguments,
+    evaluate_and_write,
+)
+from modeling_intrada.evaluation.segmentation import EvaluationSplit
+from modeling_intrada.labels import colorize, get_label_space
 from modeling_intrada.method.adaptation import SegmentationTask
 from modeling_intrada.method.losses import entropy_map
 from modeling_intrada.method.ranking import RankingResult, load_ranking
 from modeling_intrada.models.deeplabv2.image_transforms import denormalize
-from modeling_intrada.run_layout import PREDICTIONS_DIR
-from modeling_intrada.training.arguments import Arguments
+from modeling_intrada.training.arguments import Arguments, run_config
 from modeling_intrada.training.stage_loop import StageSettings
 from modeling_intrada.training.streams import EasySplit, HardSplit
 from modeling_intrada.training.tasks.base import Run, process_state
+
+# Colour-coded predictions saved per evaluated model (image | prediction | ground truth).
+NUM_PICTURES = 4
 
 
 class SegmentationRun(Run):
@@ -196,84 +201,42 @@ class SegmentationRun(Run):
         return {"mean_condition": composition}
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, dict]:
-        """Evaluate G_inter and G_intra on the labelled validation split; write eval/ and print the table."""
+    def evaluate(self) -> dict:
+        """G_inter and G_intra (last snapshot of each stage) on the labelled validation split, through the
+        evaluator of `evaluate_miou.py`: eval/metrics.json, results.md and pictures; returns metrics.json."""
         if self.val is None:
             print("no validation split (--val_dataset None): nothing to evaluate")
             return {}
-        a, d = self.args.run, self.args.segmentation
-        mapping = {"cityscapes_to_synthia16": CITYSCAPES_TO_SYNTHIA_16}.get(d.val_label_mapping or "")
-        dataset = EvaluationSplit(
-            self.val,
-            d.val_config,
-            a.val_split,
-            d.target_size,
-            self.normalization,
-            a.max_val_images,
-            label_mapping=mapping,
+        run, seg = self.args.run, self.args.segmentation
+        candidates = [
+            Candidate(
+                self.model_path(stage),
+                name=name,
+                title=f"{name} ({stage}, last snapshot)",
+                stage=stage,
+            )
+            for stage, name in (("inter", "G_inter"), ("intra", "G_intra"))
+            if (stage == "inter" and run.inter_model) or self.layout.has_model(stage)
+        ]
+        if not candidates:
+            raise FileNotFoundError(f"no G_inter or G_intra in {self.layout.output_dir}: train a stage first")
+        arguments = EvaluationArguments(
+            dataset=seg.val_dataset,
+            dataset_config=seg.val_config,
+            split=run.val_split,
+            max_images=run.max_val_images,
+            input_size=list(seg.target_size),
+            normalization=self.normalization,
+            label_space=seg.label_space,
+            protocols=seg.eval_protocols,
+            batch_size=run.eval_batch_size,
+            num_workers=run.num_workers,
+            mixed_precision=run.mixed_precision,
+            num_pictures=NUM_PICTURES,
+            output_dir=str(self.layout.eval_dir),
         )
-        protocols = list(d.eval_protocols) if d.eval_protocols else [None]
-        accelerator = Accelerator(mixed_precision=a.mixed_precision)
-        models = {}
-        for stage, name in (("inter", "G_inter"), ("intra", "G_intra")):
-            given = a.inter_model if stage == "inter" else None
-            path = given or str(self.layout.model_dir(stage))
-            if given or self.layout.has_model(stage):
-                models[f"{name} ({stage}, last snapshot)"] = path
-        folder = self.layout.eval_dir
-        results, scores_by_name = {}, {}
-        for name, path in models.items():
-            model = DeepLabV2ForSemanticSegmentation.from_pretrained(path).to(accelerator.device)
-            metric = MeanIoU(self.label_space.num_classes)
-            scores, predictions = evaluate_segmentation(
-                model,
-                dataset,
-                self.label_space.num_classes,
-                accelerator=accelerator,
-                batch_size=a.eval_batch_size,
-                protocol=protocols[0],
-                id2label=self.label_space.id2label,
-                mixed_precision=a.mixed_precision,
-                keep_predictions=4,
-                metric=metric,
-            )
-            by_protocol = {protocols[0]: scores}
-            matrix = metric.confusion_matrix(accelerator)
-            for protocol in protocols[1:]:
-                by_protocol[protocol] = scores_from_confusion_matrix(
-                    matrix, protocol, self.label_space.id2label
-                )
-            for protocol, protocol_scores in by_protocol.items():
-                scores_by_name[name if protocol is None else f"{name} [{protocol}]"] = protocol_scores
-            results[name] = {
-                "model": path,
-                **scores.to_dict(),
-                "protocols": {str(p or "all"): v.to_dict() for p, v in by_protocol.items()},
-            }
-            if accelerator.is_main_process:
-                self._save_predictions(dataset, predictions, folder / PREDICTIONS_DIR / name.split(" ")[0])
-        if accelerator.is_main_process and results:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.layout.metrics_file.write_text(json.dumps(results, indent=2) + "\n")
-            table = markdown_table(scores_by_name)
-            self.layout.results_file.write_text(
-                f"# mIoU on {d.val_dataset} ({d.val_config or 'default'}/{a.val_split}), {len(dataset)} images\n\n"
-                "Last snapshot of each stage (no selection on validation labels).\n\n" + table + "\n"
-            )
-            print("\n" + table)
-        return results
-
-    def _save_predictions(self, dataset: EvaluationSplit, predictions, folder: Path) -> None:
-        from PIL import Image
-
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, prediction in predictions:
-            image = np.asarray(dataset.image(index).resize(prediction.shape[::-1]))
-            label = np.asarray(dataset.dataset[int(index)]["label"], dtype=np.uint8)
-            panel = np.concatenate(
-                [image, colorize(prediction, self.label_space), colorize(label, self.label_space)], axis=1
-            )
-            Image.fromarray(panel).save(folder / f"{index:04d}.png")
+        accelerator = Accelerator(mixed_precision=run.mixed_precision)
+        return evaluate_and_write(arguments, accelerator, candidates, run_config(self.args))
 
 
 def resolve_backbone_weights(name: str) -> str:
