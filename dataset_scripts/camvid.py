@@ -27,27 +27,13 @@ from pathlib import Path
 
 import datasets
 
-from modeling_intrada.data.building import (
-    BuildError,
-    BuildResult,
-    Example,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    example_bytes,
-    finish,
-    list_files,
-    mapped_label_reader,
-    pair_by_stem,
-    require_dir,
-    segmentation_row,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CAMVID, CAMVID_ID_TO_TRAIN_ID, CAMVID_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    mapped_label_reader, table=CAMVID_ID_TO_TRAIN_ID, num_label_ids=CAMVID_NUM_LABEL_IDS
+    building.mapped_label_reader, table=CAMVID_ID_TO_TRAIN_ID, num_label_ids=CAMVID_NUM_LABEL_IDS
 )
 DUSK_SEQUENCES = ("0001TP",)
 # SegNet split folder -> split name in the built dataset.
@@ -69,78 +55,78 @@ CITATION = """@article{BrostowFC:PRL2008,
 }"""
 
 
-def _example(image: Path, label: Path, segnet_split: str) -> Example:
+def _example(image: Path, label: Path, segnet_split: str) -> building.Example:
     sequence = image.stem.split("_")[0]
     lighting = "dusk" if sequence in DUSK_SEQUENCES else "day"
     metadata = {"sequence": sequence, "lighting": lighting, "segnet_split": segnet_split}
-    return Example(image.stem, image, label, metadata)
+    return building.Example(image.stem, image, label, metadata)
 
 
-def _from_list_file(data_dir: Path, list_file: Path, segnet_split: str) -> list[Example]:
+def _from_list_file(data_dir: Path, list_file: Path, segnet_split: str) -> list[building.Example]:
     examples = []
     for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()
         if len(fields) != 2:
-            raise BuildError(f"{list_file}:{line_number}: expected 'image label', got {line!r}")
+            raise building.BuildError(f"{list_file}:{line_number}: expected 'image label', got {line!r}")
         image, label = (data_dir.joinpath(*Path(field).parts[-2:]) for field in fields)
         if not image.is_file():
-            raise BuildError(f"{list_file}:{line_number}: image {image} does not exist")
+            raise building.BuildError(f"{list_file}:{line_number}: image {image} does not exist")
         if not label.is_file():
-            raise BuildError(f"{list_file}:{line_number}: image {image} has no label: {label} does not exist")
+            raise building.BuildError(f"{list_file}:{line_number}: image {image} has no label: {label} does not exist")
         examples.append(_example(image, label, segnet_split))
     if not examples:
-        raise BuildError(f"{list_file} lists no image: the {segnet_split} split is empty")
+        raise building.BuildError(f"{list_file} lists no image: the {segnet_split} split is empty")
     return examples
 
 
-def list_split(data_dir: Path, segnet_split: str) -> list[Example]:
+def list_split(data_dir: Path, segnet_split: str) -> list[building.Example]:
     """The labelled examples of one SegNet split, in the order of its .txt file (or by name)."""
-    image_dir = require_dir(data_dir / segnet_split, f"{segnet_split}/*.png (SegNet CamVid layout)")
-    label_dir = require_dir(
+    image_dir = building.require_dir(data_dir / segnet_split, f"{segnet_split}/*.png (SegNet CamVid layout)")
+    label_dir = building.require_dir(
         data_dir / f"{segnet_split}annot", f"{segnet_split}annot/*.png (SegNet CamVid layout)"
     )
     list_file = data_dir / f"{segnet_split}.txt"
     if list_file.is_file():
         return _from_list_file(data_dir, list_file, segnet_split)
-    images = list_files(image_dir, "*.png", f"CamVid {segnet_split}/*.png")
-    labels = list_files(label_dir, "*.png", f"CamVid {segnet_split}annot/*.png")
-    return [_example(image, label, segnet_split) for _, image, label in pair_by_stem(images, labels)]
+    images = building.list_files(image_dir, "*.png", f"CamVid {segnet_split}/*.png")
+    labels = building.list_files(label_dir, "*.png", f"CamVid {segnet_split}annot/*.png")
+    return [_example(image, label, segnet_split) for _, image, label in building.pair_by_stem(images, labels)]
 
 
-def list_plans(data_dir: Path) -> list[SplitPlan]:
+def list_plans(data_dir: Path) -> list[building.SplitPlan]:
     """The `full` splits and the day/dusk role configurations (see module docstring)."""
-    require_dir(data_dir, "the SegNet CamVid folder with train/, trainannot/, val/, ... test.txt")
+    building.require_dir(data_dir, "the SegNet CamVid folder with train/, trainannot/, val/, ... test.txt")
     by_split = {segnet: list_split(data_dir, segnet) for segnet in SEGNET_SPLITS}
-    row_maker = functools.partial(segmentation_row, read_train_ids=read_train_ids)
+    row_maker = functools.partial(building.segmentation_row, read_train_ids=read_train_ids)
     labelled = segmentation_features(True, METADATA)
 
-    def lit(segnet_splits: Sequence[str], lighting: str) -> list[Example]:
+    def lit(segnet_splits: Sequence[str], lighting: str) -> list[building.Example]:
         return [e for s in segnet_splits for e in by_split[s] if e.metadata["lighting"] == lighting]
 
-    target_train = [Example(e.id, e.image, None, e.metadata) for e in lit(["train"], "dusk")]
+    target_train = [building.Example(e.id, e.image, None, e.metadata) for e in lit(["train"], "dusk")]
     plans = [
-        SplitPlan("full", SEGNET_SPLITS[s], by_split[s], labelled, row_maker, example_bytes)
+        building.SplitPlan("full", SEGNET_SPLITS[s], by_split[s], labelled, row_maker, building.example_bytes)
         for s in SEGNET_SPLITS
     ]
     plans += [
-        SplitPlan("source", "train", lit(["train", "val"], "day"), labelled, row_maker, example_bytes),
-        SplitPlan(
+        building.SplitPlan("source", "train", lit(["train", "val"], "day"), labelled, row_maker, building.example_bytes),
+        building.SplitPlan(
             "target_train",
             "train",
             target_train,
             segmentation_features(False, METADATA),
             row_maker,
-            example_bytes,
+            building.example_bytes,
         ),
-        SplitPlan("target_val", "validation", lit(["test"], "dusk"), labelled, row_maker, example_bytes),
-        SplitPlan("day_test", "test", lit(["test"], "day"), labelled, row_maker, example_bytes),
+        building.SplitPlan("target_val", "validation", lit(["test"], "dusk"), labelled, row_maker, building.example_bytes),
+        building.SplitPlan("day_test", "test", lit(["test"], "day"), labelled, row_maker, building.example_bytes),
     ]
     return plans
 
 
-def card(result: BuildResult) -> DatasetDescription:
+def card(result: building.BuildResult) -> DatasetDescription:
     """The card of a CamVid build."""
     return DatasetDescription(
         pretty_name="CamVid (SegNet layout), day -> dusk",
@@ -178,21 +164,12 @@ def card(result: BuildResult) -> DatasetDescription:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    args = build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
-    result = build_dataset(
-        args.output_dir,
-        list_plans(args.data_dir),
-        CAMVID,
-        card,
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra={"dataset": "camvid", "dusk_sequences": list(DUSK_SEQUENCES)},
+    args = building.build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    return building.build_from_arguments(
+        args, list_plans(args.data_dir), CAMVID, card, dataset="camvid", dusk_sequences=list(DUSK_SEQUENCES)
     )
-    finish(args, result)
-    return result
 
 
 if __name__ == "__main__":

@@ -21,27 +21,13 @@ from pathlib import Path
 
 import datasets
 
-from modeling_intrada.data.building import (
-    BuildError,
-    BuildResult,
-    Example,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    example_bytes,
-    finish,
-    list_files,
-    mapped_label_reader,
-    pair_by_stem,
-    require_dir,
-    segmentation_row,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
 )
 IMAGE_SUFFIX = "_leftImg8bit"
 LABEL_SUFFIX = "_gtFine_labelIds"
@@ -61,60 +47,60 @@ def _city(path: Path) -> str:
     return path.parent.name
 
 
-def list_split(data_dir: Path, raw_split: str, labelled: bool) -> list[Example]:
+def list_split(data_dir: Path, raw_split: str, labelled: bool) -> list[building.Example]:
     """The examples of one raw split (`train`, `val` or `test`), sorted by name."""
-    image_dir = require_dir(data_dir / "leftImg8bit" / raw_split, f"leftImg8bit/{raw_split}/<city>/*.png")
-    images = list_files(
+    image_dir = building.require_dir(data_dir / "leftImg8bit" / raw_split, f"leftImg8bit/{raw_split}/<city>/*.png")
+    images = building.list_files(
         image_dir, f"*/*{IMAGE_SUFFIX}.png", f"leftImg8bit/{raw_split}/<city>/<name>{IMAGE_SUFFIX}.png"
     )
     if not labelled:
-        return [Example(p.name[: -len(IMAGE_SUFFIX + ".png")], p, None, {"city": _city(p)}) for p in images]
-    label_dir = require_dir(
+        return [building.Example(p.name[: -len(IMAGE_SUFFIX + ".png")], p, None, {"city": _city(p)}) for p in images]
+    label_dir = building.require_dir(
         data_dir / "gtFine" / raw_split,
         f"gtFine/{raw_split}/<city>/<name>{LABEL_SUFFIX}.png beside leftImg8bit",
     )
-    labels = list_files(
+    labels = building.list_files(
         label_dir, f"*/*{LABEL_SUFFIX}.png", f"gtFine/{raw_split}/<city>/<name>{LABEL_SUFFIX}.png"
     )
-    pairs = pair_by_stem(images, labels, IMAGE_SUFFIX, LABEL_SUFFIX)
-    return [Example(key, image, label, {"city": _city(image)}) for key, image, label in pairs]
+    pairs = building.pair_by_stem(images, labels, IMAGE_SUFFIX, LABEL_SUFFIX)
+    return [building.Example(key, image, label, {"city": _city(image)}) for key, image, label in pairs]
 
 
-def list_plans(data_dir: Path) -> list[SplitPlan]:
+def list_plans(data_dir: Path) -> list[building.SplitPlan]:
     """One plan per raw split present; at least one labelled split is required."""
-    require_dir(data_dir, "the Cityscapes download with leftImg8bit/ and gtFine/")
-    require_dir(data_dir / "leftImg8bit", "leftImg8bit/{train,val,test}/<city>/ (wrong layout?)")
+    building.require_dir(data_dir, "the Cityscapes download with leftImg8bit/ and gtFine/")
+    building.require_dir(data_dir / "leftImg8bit", "leftImg8bit/{train,val,test}/<city>/ (wrong layout?)")
     metadata = {"city": datasets.Value("string")}
-    row_maker = functools.partial(segmentation_row, read_train_ids=read_train_ids)
+    row_maker = functools.partial(building.segmentation_row, read_train_ids=read_train_ids)
     plans = []
     for raw_split, split in LABELLED_SPLITS.items():
         if (data_dir / "leftImg8bit" / raw_split).is_dir():
             examples = list_split(data_dir, raw_split, labelled=True)
             plans.append(
-                SplitPlan(
+                building.SplitPlan(
                     "default",
                     split,
                     examples,
                     segmentation_features(True, metadata),
                     row_maker,
-                    example_bytes,
+                    building.example_bytes,
                 )
             )
     if not plans:
-        raise BuildError(
+        raise building.BuildError(
             f"{data_dir / 'leftImg8bit'} has neither train/ nor val/; expected leftImg8bit/{{train,val}}/<city>/"
         )
     if (data_dir / "leftImg8bit" / "test").is_dir():
         examples = list_split(data_dir, "test", labelled=False)
         plans.append(
-            SplitPlan(
-                "test", "test", examples, segmentation_features(False, metadata), row_maker, example_bytes
+            building.SplitPlan(
+                "test", "test", examples, segmentation_features(False, metadata), row_maker, building.example_bytes
             )
         )
     return plans
 
 
-def card(result: BuildResult) -> DatasetDescription:
+def card(result: building.BuildResult) -> DatasetDescription:
     """The card of a Cityscapes build."""
     return DatasetDescription(
         pretty_name="Cityscapes (gtFine), 19 trainIds",
@@ -147,21 +133,10 @@ def card(result: BuildResult) -> DatasetDescription:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    args = build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
-    result = build_dataset(
-        args.output_dir,
-        list_plans(args.data_dir),
-        CITYSCAPES,
-        card,
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra={"dataset": "cityscapes"},
-    )
-    finish(args, result)
-    return result
+    args = building.build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    return building.build_from_arguments(args, list_plans(args.data_dir), CITYSCAPES, card, dataset="cityscapes")
 
 
 if __name__ == "__main__":

@@ -29,15 +29,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from modeling_intrada.data.building import (
-    BuildError,
-    BuildResult,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    finish,
-    require_dir,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import encode_png
 from modeling_intrada.labels import DIGITS
@@ -61,15 +53,15 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
             data = file.read()
     except (OSError, EOFError) as error:
-        raise BuildError(f"{path}: cannot read ({error}); expected an IDX file, gzipped or not") from error
+        raise building.BuildError(f"{path}: cannot read ({error}); expected an IDX file, gzipped or not") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise BuildError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()}, expected 000008xx)")
+        raise building.BuildError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()}, expected 000008xx)")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
     array = np.frombuffer(data, dtype=IDX_DTYPES[data[2]], offset=header)
     if array.size != int(np.prod(shape)):
-        raise BuildError(f"{path}: header declares shape {shape} but the file holds {array.size} values")
+        raise building.BuildError(f"{path}: header declares shape {shape} but the file holds {array.size} values")
     return array.reshape(shape)
 
 
@@ -82,13 +74,13 @@ def _find_idx(data_dir: Path, prefix: str, kind: str) -> Path:
     for name in names:
         if (data_dir / name).is_file():
             return data_dir / name
-    raise BuildError(f"{data_dir}: no {' or '.join(names)}; expected the MNIST IDX files (wrong layout?)")
+    raise building.BuildError(f"{data_dir}: no {' or '.join(names)}; expected the MNIST IDX files (wrong layout?)")
 
 
 def _check_labels(labels: np.ndarray, low: int, high: int, source: str) -> None:
     bad = np.unique(labels[(labels < low) | (labels > high)])
     if bad.size:
-        raise BuildError(f"{source}: label values {bad[:10].tolist()} are outside the coding {low}..{high}")
+        raise building.BuildError(f"{source}: label values {bad[:10].tolist()} are outside the coding {low}..{high}")
 
 
 def _load_mnist(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +88,7 @@ def _load_mnist(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels_path = _find_idx(data_dir, MNIST_FILES[split], "labels-idx1")
     labels = read_idx(labels_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise BuildError(f"{data_dir}: MNIST {split} has images {images.shape} but labels {labels.shape}")
+        raise building.BuildError(f"{data_dir}: MNIST {split} has images {images.shape} but labels {labels.shape}")
     _check_labels(labels, 0, 9, str(labels_path))
     return images, labels
 
@@ -106,22 +98,22 @@ def _load_usps(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     path = data_dir / "usps.h5"
     if not path.is_file():
-        raise BuildError(
+        raise building.BuildError(
             f"{path} does not exist; expected the USPS HDF5 file (groups train/test with data, target)"
         )
     try:
         with h5py.File(path, "r") as file:
             if split not in file or "data" not in file[split] or "target" not in file[split]:
-                raise BuildError(f"{path}: expected a group {split!r} with datasets 'data' and 'target'")
+                raise building.BuildError(f"{path}: expected a group {split!r} with datasets 'data' and 'target'")
             data, labels = file[split]["data"][()], file[split]["target"][()].astype(np.int64)
     except OSError as error:
-        raise BuildError(f"{path}: cannot read ({error}); expected an HDF5 file") from error
+        raise building.BuildError(f"{path}: cannot read ({error}); expected an HDF5 file") from error
     if data.ndim != 2 or data.shape[1] != 256 or labels.shape != (len(data),):
-        raise BuildError(
+        raise building.BuildError(
             f"{path}: {split} has data {data.shape} and target {labels.shape}; expected (N, 256) and (N,)"
         )
     if data.min() < -1e-6 or data.max() > 1 + 1e-6:
-        raise BuildError(f"{path}: {split} pixel values span [{data.min()}, {data.max()}]; expected [0, 1]")
+        raise building.BuildError(f"{path}: {split} pixel values span [{data.min()}, {data.max()}]; expected [0, 1]")
     _check_labels(labels, 0, 9, f"{path}:{split}/target")
     return np.rint(np.clip(data, 0, 1) * 255).astype(np.uint8).reshape(-1, 16, 16), labels
 
@@ -131,18 +123,18 @@ def _load_svhn(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     path = data_dir / SVHN_FILES[split]
     if not path.is_file():
-        raise BuildError(f"{path} does not exist; expected the SVHN cropped-digits file {SVHN_FILES[split]}")
+        raise building.BuildError(f"{path} does not exist; expected the SVHN cropped-digits file {SVHN_FILES[split]}")
     try:
         mat = loadmat(path)
     except (OSError, ValueError) as error:
-        raise BuildError(f"{path}: cannot read ({error}); expected a MATLAB .mat file") from error
+        raise building.BuildError(f"{path}: cannot read ({error}); expected a MATLAB .mat file") from error
     if "X" not in mat or "y" not in mat:
-        raise BuildError(
+        raise building.BuildError(
             f"{path}: expected keys 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}"
         )
     images, labels = mat["X"], mat["y"].reshape(-1).astype(np.int64)
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.shape[3] != len(labels):
-        raise BuildError(
+        raise building.BuildError(
             f"{path}: X has shape {images.shape} and y {mat['y'].shape}; expected 32x32x3xN and Nx1"
         )
     _check_labels(labels, 1, 10, f"{path}:y")
@@ -170,9 +162,9 @@ def make_row(item: tuple[str, int], dataset: str, data_dir: Path) -> tuple[dict,
     }, {}
 
 
-def list_plans(dataset: str, data_dir: Path, include_extra: bool = False) -> list[SplitPlan]:
+def list_plans(dataset: str, data_dir: Path, include_extra: bool = False) -> list[building.SplitPlan]:
     """One plan per split; the raw arrays are read (and checked) here, once."""
-    require_dir(data_dir, f"the raw {dataset} files")
+    building.require_dir(data_dir, f"the raw {dataset} files")
     load_split.cache_clear()  # read the files as they are now, not as an earlier build saw them
     splits = ["train", "test"] + (["extra"] if include_extra and dataset == "svhn" else [])
     row_maker = functools.partial(make_row, dataset=dataset, data_dir=data_dir)
@@ -180,10 +172,10 @@ def list_plans(dataset: str, data_dir: Path, include_extra: bool = False) -> lis
     for split in splits:
         images, _ = load_split(dataset, data_dir, split)
         if len(images) == 0:
-            raise BuildError(f"{data_dir}: the {dataset} {split} split is empty")
+            raise building.BuildError(f"{data_dir}: the {dataset} {split} split is empty")
         item_size = int(np.prod(images.shape[1:]))
         items = [(split, i) for i in range(len(images))]
-        plans.append(SplitPlan("default", split, items, FEATURES, row_maker, lambda _, size=item_size: size))
+        plans.append(building.SplitPlan("default", split, items, FEATURES, row_maker, lambda _, size=item_size: size))
     return plans
 
 
@@ -208,7 +200,7 @@ SOURCES = {
 }
 
 
-def card(result: BuildResult, dataset: str) -> DatasetDescription:
+def card(result: building.BuildResult, dataset: str) -> DatasetDescription:
     """The card of a digits build."""
     name, summary, terms = SOURCES[dataset]
     return DatasetDescription(
@@ -234,24 +226,19 @@ def card(result: BuildResult, dataset: str) -> DatasetDescription:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    parser = build_argument_parser(__doc__.split("\n\n")[0])
+    parser = building.build_argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--include_extra", action="store_true", help="SVHN only: also build extra_32x32.mat")
     args = parser.parse_args(argv)
-    result = build_dataset(
-        args.output_dir,
+    return building.build_from_arguments(
+        args,
         list_plans(args.dataset, args.data_dir, args.include_extra),
         DIGITS,
         functools.partial(card, dataset=args.dataset),
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra={"dataset": args.dataset},
+        dataset=args.dataset,
     )
-    finish(args, result)
-    return result
 
 
 if __name__ == "__main__":

@@ -20,27 +20,13 @@ from pathlib import Path
 
 import datasets
 
-from modeling_intrada.data.building import (
-    BuildResult,
-    Example,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    events_summary,
-    example_bytes,
-    finish,
-    list_files,
-    mapped_label_reader,
-    pair_by_stem,
-    require_dir,
-    segmentation_row,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
 )
 
 CITATION = """@inproceedings{Richter_2016_ECCV,
@@ -51,26 +37,26 @@ CITATION = """@inproceedings{Richter_2016_ECCV,
 }"""
 
 
-def list_examples(data_dir: Path) -> list[Example]:
+def list_examples(data_dir: Path) -> list[building.Example]:
     """The image/label pairs of a raw GTA5 folder, sorted by id."""
-    require_dir(data_dir, "the GTA5 download with images/ and labels/")
-    images = list_files(
-        require_dir(data_dir / "images", "images/NNNNN.png (wrong layout?)"), "*.png", "GTA5 images/*.png"
+    building.require_dir(data_dir, "the GTA5 download with images/ and labels/")
+    images = building.list_files(
+        building.require_dir(data_dir / "images", "images/NNNNN.png (wrong layout?)"), "*.png", "GTA5 images/*.png"
     )
-    labels = list_files(
-        require_dir(data_dir / "labels", "labels/NNNNN.png (wrong layout?)"), "*.png", "GTA5 labels/*.png"
+    labels = building.list_files(
+        building.require_dir(data_dir / "labels", "labels/NNNNN.png (wrong layout?)"), "*.png", "GTA5 labels/*.png"
     )
-    return [Example(key, image, label) for key, image, label in pair_by_stem(images, labels)]
+    return [building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)]
 
 
-def make_row(example: Example, resize_mismatched_label: bool = True) -> tuple[dict, dict[str, list[str]]]:
+def make_row(example: building.Example, resize_mismatched_label: bool = True) -> tuple[dict, dict[str, list[str]]]:
     """One GTA5 row; `label_resized` tells whether the label had to be resized to its image."""
-    row, events = segmentation_row(example, read_train_ids, resize_mismatched_label)
+    row, events = building.segmentation_row(example, read_train_ids, resize_mismatched_label)
     row["label_resized"] = "label_resized" in events
     return row, events
 
 
-def card(result: BuildResult, on_size_mismatch: str) -> DatasetDescription:
+def card(result: building.BuildResult, on_size_mismatch: str) -> DatasetDescription:
     """The card of a GTA5 build."""
     handling = (
         "labels resized to their image size (nearest neighbour)"
@@ -107,15 +93,15 @@ def card(result: BuildResult, on_size_mismatch: str) -> DatasetDescription:
             "label_resized": "true when the raw label's size differed from the image's and it was resized.",
         },
         statistics={
-            "image/label pairs with different sizes": events_summary(result, "label_resized", "pairs")
+            "image/label pairs with different sizes": building.events_summary(result, "label_resized", "pairs")
         },
         citation=CITATION,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    parser = build_argument_parser(__doc__.split("\n\n")[0])
+    parser = building.build_argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--on_size_mismatch",
         choices=("resize_label", "error"),
@@ -126,19 +112,14 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
     examples = list_examples(args.data_dir)
     features = segmentation_features(metadata={"label_resized": datasets.Value("bool")})
     row_maker = functools.partial(make_row, resize_mismatched_label=args.on_size_mismatch == "resize_label")
-    plans = [SplitPlan("default", "train", examples, features, row_maker, example_bytes)]
-    result = build_dataset(
-        args.output_dir,
+    plans = [building.SplitPlan("default", "train", examples, features, row_maker, building.example_bytes)]
+    return building.build_from_arguments(
+        args,
         plans,
         CITYSCAPES,
         functools.partial(card, on_size_mismatch=args.on_size_mismatch),
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra={"dataset": "gta5"},
+        dataset="gta5",
     )
-    finish(args, result)
-    return result
 
 
 if __name__ == "__main__":

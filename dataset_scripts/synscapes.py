@@ -14,26 +14,13 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeling_intrada.data.building import (
-    BuildResult,
-    Example,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    example_bytes,
-    finish,
-    list_files,
-    mapped_label_reader,
-    pair_by_stem,
-    require_dir,
-    segmentation_row,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
 )
 
 CITATION = """@article{Synscapes,
@@ -49,22 +36,22 @@ def _numeric_first(key: str) -> tuple[int, str]:
     return (int(key), key) if key.isdigit() else (1 << 62, key)
 
 
-def list_examples(data_dir: Path) -> list[Example]:
+def list_examples(data_dir: Path) -> list[building.Example]:
     """The image/label pairs of a raw Synscapes folder, in numeric order."""
-    require_dir(data_dir, "the Synscapes download with img/rgb/ and img/class/")
-    images = list_files(
-        require_dir(data_dir / "img" / "rgb", "img/rgb/<n>.png (wrong layout?)"), "*.png", "img/rgb/*.png"
+    building.require_dir(data_dir, "the Synscapes download with img/rgb/ and img/class/")
+    images = building.list_files(
+        building.require_dir(data_dir / "img" / "rgb", "img/rgb/<n>.png (wrong layout?)"), "*.png", "img/rgb/*.png"
     )
-    labels = list_files(
-        require_dir(data_dir / "img" / "class", "img/class/<n>.png (wrong layout?)"),
+    labels = building.list_files(
+        building.require_dir(data_dir / "img" / "class", "img/class/<n>.png (wrong layout?)"),
         "*.png",
         "img/class/*.png",
     )
-    pairs = sorted(pair_by_stem(images, labels), key=lambda pair: _numeric_first(pair[0]))
-    return [Example(key, image, label) for key, image, label in pairs]
+    pairs = sorted(building.pair_by_stem(images, labels), key=lambda pair: _numeric_first(pair[0]))
+    return [building.Example(key, image, label) for key, image, label in pairs]
 
 
-def card(result: BuildResult) -> DatasetDescription:
+def card(result: building.BuildResult) -> DatasetDescription:
     """The card of a Synscapes build."""
     return DatasetDescription(
         pretty_name="Synscapes, Cityscapes trainIds",
@@ -96,32 +83,21 @@ def card(result: BuildResult) -> DatasetDescription:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    args = build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
-    row_maker = functools.partial(segmentation_row, read_train_ids=read_train_ids)
+    args = building.build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    row_maker = functools.partial(building.segmentation_row, read_train_ids=read_train_ids)
     plans = [
-        SplitPlan(
+        building.SplitPlan(
             "default",
             "train",
             list_examples(args.data_dir),
             segmentation_features(),
             row_maker,
-            example_bytes,
+            building.example_bytes,
         )
     ]
-    result = build_dataset(
-        args.output_dir,
-        plans,
-        CITYSCAPES,
-        card,
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra={"dataset": "synscapes"},
-    )
-    finish(args, result)
-    return result
+    return building.build_from_arguments(args, plans, CITYSCAPES, card, dataset="synscapes")
 
 
 if __name__ == "__main__":

@@ -21,20 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_intrada.data.building import (
-    BuildResult,
-    Example,
-    SplitPlan,
-    build_argument_parser,
-    build_dataset,
-    example_bytes,
-    finish,
-    list_files,
-    pair_by_stem,
-    read_png16_channel,
-    require_dir,
-    segmentation_row,
-)
+from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
 from modeling_intrada.labels import (
@@ -66,21 +53,21 @@ CITATION = """@inproceedings{Ros_2016_CVPR,
 def read_train_ids(path: Path, label_space: str = "synthia16") -> np.ndarray:
     """Channel 0 of a SYNTHIA label PNG mapped to the 16- or 13-class train ids."""
     table = SYNTHIA_ID_TO_TRAIN_ID if label_space == "synthia16" else SYNTHIA_ID_TO_13
-    return map_label_ids(read_png16_channel(path, 0), table, SYNTHIA_NUM_LABEL_IDS, source=str(path))
+    return map_label_ids(building.read_png16_channel(path, 0), table, SYNTHIA_NUM_LABEL_IDS, source=str(path))
 
 
-def list_examples(data_dir: Path) -> list[Example]:
+def list_examples(data_dir: Path) -> list[building.Example]:
     """The image/label pairs of a raw SYNTHIA-RAND-CITYSCAPES folder, sorted by id."""
-    require_dir(data_dir, "the SYNTHIA-RAND-CITYSCAPES download with RGB/ and GT/LABELS/")
-    images = list_files(
-        require_dir(data_dir / "RGB", "RGB/*.png (wrong layout?)"), "*.png", "SYNTHIA RGB/*.png"
+    building.require_dir(data_dir, "the SYNTHIA-RAND-CITYSCAPES download with RGB/ and GT/LABELS/")
+    images = building.list_files(
+        building.require_dir(data_dir / "RGB", "RGB/*.png (wrong layout?)"), "*.png", "SYNTHIA RGB/*.png"
     )
-    label_dir = require_dir(data_dir / "GT" / "LABELS", "GT/LABELS/*.png (wrong layout?)")
-    labels = list_files(label_dir, "*.png", "SYNTHIA GT/LABELS/*.png")
-    return [Example(key, image, label) for key, image, label in pair_by_stem(images, labels)]
+    label_dir = building.require_dir(data_dir / "GT" / "LABELS", "GT/LABELS/*.png (wrong layout?)")
+    labels = building.list_files(label_dir, "*.png", "SYNTHIA GT/LABELS/*.png")
+    return [building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)]
 
 
-def card(result: BuildResult, label_space: LabelSpace) -> DatasetDescription:
+def card(result: building.BuildResult, label_space: LabelSpace) -> DatasetDescription:
     """The card of a SYNTHIA build."""
     subset = ", ".join(SYNTHIA_16.class_names[i] for i in SYNTHIA_13_OF_16)
     return DatasetDescription(
@@ -120,39 +107,30 @@ def card(result: BuildResult, label_space: LabelSpace) -> DatasetDescription:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
+def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
-    parser = build_argument_parser(__doc__.split("\n\n")[0])
+    parser = building.build_argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--label_space", choices=sorted(LABEL_SPACES), default="synthia16")
     args = parser.parse_args(argv)
     label_space = LABEL_SPACES[args.label_space]
     reader = functools.partial(read_train_ids, label_space=args.label_space)
-    row_maker = functools.partial(segmentation_row, read_train_ids=reader)
+    row_maker = functools.partial(building.segmentation_row, read_train_ids=reader)
     plans = [
-        SplitPlan(
+        building.SplitPlan(
             "default",
             "train",
             list_examples(args.data_dir),
             segmentation_features(),
             row_maker,
-            example_bytes,
+            building.example_bytes,
         )
     ]
     extra: dict = {"dataset": "synthia"}
     if label_space is SYNTHIA_16:
         extra["evaluation_subsets"] = {"synthia13": list(SYNTHIA_13_OF_16)}
-    result = build_dataset(
-        args.output_dir,
-        plans,
-        label_space,
-        functools.partial(card, label_space=label_space),
-        num_proc=args.num_proc,
-        max_shard_size_mb=args.max_shard_size,
-        overwrite=args.overwrite,
-        label_space_extra=extra,
+    return building.build_from_arguments(
+        args, plans, label_space, functools.partial(card, label_space=label_space), **extra
     )
-    finish(args, result)
-    return result
 
 
 if __name__ == "__main__":

@@ -441,3 +441,26 @@ def finish(args: argparse.Namespace, result: BuildResult) -> None:
     print(f"wrote {result.output_dir}")
     if args.push_to_hub:
         print(f"uploaded to {push_to_hub(result.output_dir, args.push_to_hub, private=not args.public)}")
+
+
+def build_from_arguments(
+    args: argparse.Namespace,
+    plans: Sequence[SplitPlan],
+    label_space: LabelSpace,
+    make_card: Callable[[BuildResult], DatasetDescription],
+    **label_space_extra: object,
+) -> BuildResult:
+    """A builder program's whole job after parsing: `build_dataset` with the common options of
+    `build_argument_parser`, then `finish` (summary, push)."""
+    result = build_dataset(
+        args.output_dir,
+        plans,
+        label_space,
+        make_card,
+        num_proc=args.num_proc,
+        max_shard_size_mb=args.max_shard_size,
+        overwrite=args.overwrite,
+        label_space_extra=label_space_extra,
+    )
+    finish(args, result)
+    return result
