@@ -365,9 +365,7 @@ class Evaluator:
         self.dataset_name, self.dataset_config, self.split_name = dataset, config, split
         self.dataset_path = resolve_dataset(dataset, self.run_config)
         dataset_space = read_label_space(self.dataset_path)
-        space_name = args.label_space or self.run_config.get(
-            "label_space"
-        )  # e.g. synthia16 for a SYNTHIA run
+        space_name = args.label_space or self.run_config.get("label_space")  # e.g. synthia16
         self.label_space = get_label_space(space_name) if space_name else dataset_space
         if self.label_space.num_classes != self.num_labels:
             raise ValueError(

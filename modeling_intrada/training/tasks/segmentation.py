@@ -53,9 +53,8 @@ class SegmentationRun(Run):
         super().__init__(args)
         run, seg = args.run, args.segmentation
         options = dataclasses.asdict(seg)
-        with (
-            process_state().main_process_first()
-        ):  # one process builds the synthetic data, the others reuse it
+        # One process builds the synthetic data, the others reuse it.
+        with process_state().main_process_first():
             self.source = resolve_dataset_name(run.source_dataset, options)
             self.target = resolve_dataset_name(run.target_dataset, options)
             self.val = resolve_dataset_name(seg.val_dataset, options) if seg.val_dataset else None
