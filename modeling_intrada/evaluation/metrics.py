@@ -324,23 +324,7 @@ def scores_from_confusion_matrix(
         ValueError: If the matrix is not square, holds negative or non-integer counts, or does not
             fit the protocol.
     """
-    matrix = (
-        confusion.detach().cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
-    )
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-        raise ValueError(
-            f"A confusion matrix must be a non-empty square C x C array, got shape {matrix.shape}"
-        )
-    # Counts may arrive as floats (e.g. summed by a JSON round trip); they must still be whole numbers.
-    whole = np.issubdtype(matrix.dtype, np.integer) or (
-        np.issubdtype(matrix.dtype, np.floating)
-        and bool(np.all(np.isfinite(matrix) & (matrix == np.round(matrix))))
-    )
-    if not whole:
-        raise ValueError(f"A confusion matrix holds pixel counts (whole numbers), got dtype {matrix.dtype}")
-    if (matrix < 0).any():
-        raise ValueError("A confusion matrix holds pixel counts: found negative entries")
-    matrix = matrix.astype(np.float64)
+    matrix = _checked_matrix(confusion)
     chosen = get_protocol(protocol, matrix.shape[0])
     diag = np.diag(matrix)
     rows, cols = matrix.sum(axis=1), matrix.sum(axis=0)
@@ -360,6 +344,58 @@ def scores_from_confusion_matrix(
         pixel_accuracy=float(diag.sum() / total) if total else math.nan,
         num_pixels=int(total),
     )
+
+
+def _checked_matrix(confusion: Any) -> np.ndarray:
+    """The confusion matrix as float64 numpy, or a ValueError saying what is wrong with it."""
+    matrix = (
+        confusion.detach().cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
+    )
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(
+            f"A confusion matrix must be a non-empty square C x C array, got shape {matrix.shape}"
+        )
+    # Counts may arrive as floats (e.g. summed by a JSON round trip); they must still be whole numbers.
+    whole = np.issubdtype(matrix.dtype, np.integer) or (
+        np.issubdtype(matrix.dtype, np.floating)
+        and bool(np.all(np.isfinite(matrix) & (matrix == np.round(matrix))))
+    )
+    if not whole:
+        raise ValueError(f"A confusion matrix holds pixel counts (whole numbers), got dtype {matrix.dtype}")
+    if (matrix < 0).any():
+        raise ValueError("A confusion matrix holds pixel counts: found negative entries")
+    return matrix.astype(np.float64)
+
+
+def evaluate_mean_iou_results(confusion: Any, nan_to_num: float | None = None) -> dict[str, Any]:
+    """The five results of `evaluate.load("mean_iou")`, with its names and types, from a C x C confusion matrix.
+
+    Over all C classes (evaluate has no protocol): `mean_iou` and `mean_accuracy` (nanmeans, `np.float64`),
+    `overall_accuracy` (correct over labelled pixels), `per_category_iou` and `per_category_accuracy`
+    (float64 arrays of length C, NaN for a class absent from labels and predictions, resp. never labelled).
+
+    Args:
+        confusion: The matrix (rows ground truth), as in `scores_from_confusion_matrix`.
+        nan_to_num: When given, every NaN in the five results is replaced by it (`np.nan_to_num`), as
+            evaluate does.
+    """
+    matrix = _checked_matrix(confusion)
+    diag = np.diag(matrix)
+    rows, cols = matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = diag / (rows + cols - diag)
+        accuracy = diag / rows
+        overall = diag.sum() / rows.sum()
+    results = {
+        "mean_iou": np.float64(_nanmean(iou)),
+        "mean_accuracy": np.float64(_nanmean(accuracy)),
+        "overall_accuracy": np.float64(overall),
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+    }
+    if nan_to_num is not None:
+        results = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in results.items()}
+    return results
 
 
 class MeanIoU:
