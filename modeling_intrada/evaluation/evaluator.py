@@ -137,7 +137,13 @@ class EvaluationArguments:
     selection_max_images: int | None = field(default=None)
     batch_size: int = field(default=1, metadata={"help": "images per process per forward pass"})
     num_workers: int = field(default=2, metadata={"help": "data-loading workers"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | fp16 | bf16 (default: what `accelerate launch --mixed_precision` or the saved "
+            "`accelerate config` set, else no)"
+        },
+    )
     num_pictures: int = field(default=8, metadata={"help": "colour-coded predictions of the first K images"})
     output_dir: str = field(default="evaluation")
 
@@ -410,7 +416,7 @@ class Evaluator:
             self.num_labels,
             accelerator=acc,
             batch_size=a.batch_size,
-            mixed_precision=a.mixed_precision,
+            mixed_precision=acc.mixed_precision,  # the option, else the launcher's setting
             num_workers=a.num_workers,
             keep_predictions=a.num_pictures if keep else 0,
             progress=f"{what}: {candidate.label}",
@@ -667,7 +673,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> EvaluationArguments:
         raise ValueError(f"--input_size takes HEIGHT WIDTH, got {args.input_size}")
     if args.normalization not in (None, "caffe", "imagenet"):
         raise ValueError(f"--normalization must be caffe or imagenet, got {args.normalization!r}")
-    if args.mixed_precision not in ("no", "fp16", "bf16"):
+    if args.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
     if args.batch_size < 1 or args.num_pictures < 0:
         raise ValueError("--batch_size must be at least 1 and --num_pictures at least 0")

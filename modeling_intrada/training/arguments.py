@@ -131,7 +131,13 @@ class RunArguments:
     )
     batch_size: int = field(default=1, metadata={"help": "images per domain per process per micro-step"})
     eval_batch_size: int = field(default=1)
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | fp16 | bf16 (default: what `accelerate launch --mixed_precision` or the saved "
+            "`accelerate config` set, else no)"
+        },
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's)"})
     keep_freed_memory: bool = field(
         default=True,
@@ -442,7 +448,7 @@ def validate(args: Arguments) -> None:
         if stage in TASK_STAGES[run.task]:
             stage_settings(args, stage)  # raises on a stage that cannot train (e.g. nothing to learn)
     check_lambda(run.lambda_easy)
-    if run.mixed_precision not in ("no", "fp16", "bf16"):
+    if run.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {run.mixed_precision!r}")
     if run.batch_size < 1 or run.eval_batch_size < 1:
         raise ValueError("batch sizes must be at least 1")

@@ -120,7 +120,8 @@ def rank_stage(run: Run) -> Path:
         batches,
         lambda_easy=options.lambda_easy,
         device=accelerator.device,
-        autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.mixed_precision),
+        # The Accelerator's precision: the option when given, else the launcher's (accelerate launch, config).
+        autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision),
         accelerator=accelerator,
         **run.ranking_options(),
     )

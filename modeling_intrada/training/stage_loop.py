@@ -450,6 +450,7 @@ class AdaptationStage:
                 "iteration": self.completed_steps,
                 "micro_step": self.micro_step,
                 "num_processes": acc.num_processes,
+                "mixed_precision": acc.mixed_precision,  # the option, else the launcher's setting
             }
             (temporary / STATE_FILE).write_text(json.dumps(state) + "\n")
             if final.exists():
