@@ -67,7 +67,7 @@ def launch(tmp_path: Path, launcher: list[str], program: list[str]) -> dict:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     config = yaml.safe_load((out / "config.yaml").read_text())
-    state = json.loads((out / "inter" / "checkpoints" / "checkpoint_000001" / "loop_state.json").read_text())
+    state = json.loads((out / "inter" / "checkpoints" / "checkpoint-1" / "loop_state.json").read_text())
     return {"option": config["mixed_precision"], "used": state["mixed_precision"]}
 
 
