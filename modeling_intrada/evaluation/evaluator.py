@@ -48,6 +48,7 @@ from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
     MeanIoU,
+    Protocol,
     SegmentationScores,
     get_protocol,
     markdown_table,
@@ -313,6 +314,18 @@ def label_mapping(
     return mapping, dropped
 
 
+def labelled_classes(dataset_space: LabelSpace, evaluation_space: LabelSpace) -> list[int] | None:
+    """The evaluation classes the dataset labels, when it labels only some of them (else None).
+
+    A dataset that draws a few of a space's classes (`labelled_train_ids`: the synthetic pair's 9 of the 19
+    Cityscapes classes) is reported over those classes; matched by name, as `label_mapping` does.
+    """
+    labelled = dataset_space.labelled_train_ids or range(dataset_space.num_classes)
+    names = {dataset_space.class_names[i].lower() for i in labelled}
+    indices = [i for i, name in enumerate(evaluation_space.class_names) if name.lower() in names]
+    return indices if len(indices) < evaluation_space.num_classes else None
+
+
 # --------------------------------------------------------------------------------------- evaluation
 @dataclass
 class Result:
@@ -387,6 +400,8 @@ class Evaluator:
                 f"{list(self.label_space.class_names)}: pass the model's --label_space"
             )
         mapping, self.dropped_classes = label_mapping(dataset_space, self.label_space)
+        self.dataset_label_space = dataset_space
+        self.labelled_classes = labelled_classes(dataset_space, self.label_space)
         self.rows = EvaluationSplit(
             self.dataset_path,
             config,
@@ -588,6 +603,11 @@ def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: lis
             "normalization": evaluator.normalization,
             "label_space": evaluator.label_space.name,
             "dataset_classes_ignored": evaluator.dropped_classes,
+            "dataset_classes_labelled": (
+                None
+                if evaluator.labelled_classes is None
+                else [evaluator.label_space.class_names[i] for i in evaluator.labelled_classes]
+            ),
             "resolution": "predictions upsampled to each label map's own size",
         },
         "protocols": [_protocol_name(p, evaluator.num_labels) for p in evaluator.protocols],
@@ -623,7 +643,7 @@ def results_markdown(evaluator: Evaluator, results: list[Result], snapshots: lis
     ]
     for protocol in e.protocols:
         name = _protocol_name(protocol, e.num_labels)
-        lines += [f"## Protocol {name}", "", markdown_table({r.title: r.scores[name] for r in results})]
+        lines += [f"## Protocol {name}", "", *protocol_table(e, protocol, results)]
     lines += ["## How each row was chosen", ""]
     lines += [f"- **{r.title}**: {r.rule}. Model: `{r.candidate.path}`." for r in results]
     if any(r.selected_with_validation_labels for r in results):
@@ -645,6 +665,28 @@ def results_markdown(evaluator: Evaluator, results: list[Result], snapshots: lis
                 f"{'-' if miou is None else f'{100 * miou:.2f}'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def protocol_table(evaluator: Evaluator, protocol: str | None, results: list[Result]) -> list[str]:
+    """The markdown lines of one protocol's table: the protocol's classes, or, when the dataset labels only
+    some of them, those classes with their own mean beside the protocol's (no columns that can only say n/a).
+    """
+    e = evaluator
+    chosen = get_protocol(protocol, e.num_labels)
+    shown = [i for i in chosen.class_indices if e.labelled_classes is None or i in e.labelled_classes]
+    if len(shown) == len(chosen.class_indices):
+        return [markdown_table({r.title: r.scores[chosen.name] for r in results})]
+    own = Protocol(f"{e.dataset_label_space.name}, {len(shown)} classes", e.num_labels, tuple(shown))
+    table = markdown_table(
+        {r.title: scores_from_confusion_matrix(r.confusion, own, e.model_id2label) for r in results},
+        extra_columns={f"mIoU ({chosen.name})": [r.scores[chosen.name].mean_iou for r in results]},
+    )
+    note = (
+        f"Columns: the {len(shown)} classes `{e.dataset_label_space.name}` labels; `mIoU ({own.name})` averages "
+        f"them. `mIoU ({chosen.name})` is protocol {chosen.name}'s mean over its {len(chosen.class_indices)} "
+        "classes, where a class the dataset never labels counts 0 when predicted and is left out otherwise."
+    )
+    return [note, "", table]
 
 
 def write_outputs(

@@ -545,7 +545,11 @@ def _format_percent(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
 
 
-def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores], digits: int = 1) -> str:
+def markdown_table(
+    results: SegmentationScores | Mapping[str, SegmentationScores],
+    digits: int = 1,
+    extra_columns: Mapping[str, Sequence[float]] | None = None,
+) -> str:
     """A markdown table like the paper's Table 1: one row per named result, classes as columns, mIoU last.
 
     IoUs are in percent; a class absent from labels and predictions shows as "n/a".
@@ -553,6 +557,8 @@ def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores
     Args:
         results: One `SegmentationScores`, or several keyed by the row name (e.g. "AdvEnt", "IntraDA").
         digits: Decimals shown.
+        extra_columns: Further columns after the mIoU, header -> one fraction per row (e.g. the mIoU of
+            another protocol).
 
     Raises:
         ValueError: If the results do not share the same classes (same protocol and names).
@@ -568,9 +574,14 @@ def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores
                 f"Results {first_name!r} and {name!r} have different classes (protocols {first.protocol!r} "
                 f"and {scores.protocol!r}): make one table per protocol"
             )
-    header = ["", *first.class_names, f"mIoU ({first.protocol})"]
+    extra_columns = dict(extra_columns or {})
+    for header, values in extra_columns.items():
+        if len(values) != len(results):
+            raise ValueError(f"Column {header!r} has {len(values)} values for {len(results)} rows")
+    header = ["", *first.class_names, f"mIoU ({first.protocol})", *extra_columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for name, scores in results.items():
-        cells = [_format_percent(v, digits) for v in [*scores.per_class_iou, scores.mean_iou]]
+    for row, (name, scores) in enumerate(results.items()):
+        extras = [values[row] for values in extra_columns.values()]
+        cells = [_format_percent(v, digits) for v in [*scores.per_class_iou, scores.mean_iou, *extras]]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
