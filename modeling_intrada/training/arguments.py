@@ -32,7 +32,7 @@ from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
 from modeling_intrada.method.ranking import check_lambda
-from modeling_intrada.run_layout import TRAINING_STAGES
+from modeling_intrada.run_layout import LOGS_DIR, TRAINING_STAGES
 from modeling_intrada.training.stage_loop import StageSettings
 
 # The stages of each task, in the order `--stage all` runs them.
@@ -158,6 +158,24 @@ class RunArguments:
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "model repository user/name to push to"})
     hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repositories private"})
+    hub_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub token for --push_to_hub (default: the HF_TOKEN environment variable, else the token "
+            "saved by `hf auth login`); never written to config.yaml or the trackers"
+        },
+    )
+    logging_dir: str = field(
+        default=LOGS_DIR,
+        metadata={"help": "the trackers' folder; a relative path is under --output_dir (default: logs)"},
+    )
+    tracker_project_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "the trackers' project (default: one per stage, named after it); each stage, and the "
+            "evaluation, logs as a run named after the stage"
+        },
+    )
 
 
 @dataclass
@@ -504,9 +522,15 @@ def validate_digits(args: Arguments) -> None:
         raise ValueError("--push_to_hub publishes segmentation runs only; digits runs stay local")
 
 
+# Options that must not be saved with the outputs nor sent to the trackers.
+SECRET_OPTIONS = ("hub_token",)
+
+
 def run_config(args: Arguments) -> dict[str, Any]:
     """Every option the run's task reads, for `config.yaml` next to the outputs and the trackers."""
     values: dict[str, Any] = {}
     for arguments in (args.run, args.settings, getattr(args, args.run.task)):
         values.update(dataclasses.asdict(arguments))
+    for name in SECRET_OPTIONS:
+        values.pop(name, None)
     return values

@@ -8,7 +8,6 @@ logging) lives in the other methods.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from modeling_intrada.method.adaptation import (
@@ -31,7 +31,8 @@ from modeling_intrada.method.adaptation import (
 from modeling_intrada.method.losses import adversarial_loss
 from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, checkpoint_name, checkpoint_step
 
-logger = logging.getLogger(__name__)
+# Accelerate's adapter: the loop's messages once, from the main process, not once per process.
+logger = get_logger(__name__)
 STATE_FILE = "loop_state.json"
 
 
