@@ -10,7 +10,7 @@
             snapshots/iter_<NNNNNN>/        G every --snapshot_steps
             DONE                            the stage's completed step count, written last
         ranking/                            the ranking-splits dataset (Parquet + README.md + ranking.json)
-        eval/                               metrics.json, results.md, predictions/
+        eval/                               metrics.json, results.md, predictions/<result>/ (figures/ inside)
 
 Training, evaluation, cards and publishing all read these names from here.
 """
@@ -34,6 +34,7 @@ EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.md"
 PREDICTIONS_DIR = "predictions"
+FIGURES_DIR = "figures"
 CARD_FILE = "README.md"
 
 # `checkpoint-<step>` as in the Accelerate and diffusers examples; `checkpoint_<000020>` is read too, so that

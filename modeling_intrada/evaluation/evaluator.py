@@ -54,11 +54,13 @@ from modeling_intrada.evaluation.metrics import (
     markdown_table,
     scores_from_confusion_matrix,
 )
+from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation, mean_entropy
 from modeling_intrada.labels import LabelSpace, colorize, get_label_space
 from modeling_intrada.run_layout import (
     CONFIG_FILE,
     DONE_FILE,
+    FIGURES_DIR,
     METRICS_FILE,
     MODEL_DIR,
     PREDICTIONS_DIR,
@@ -576,17 +578,28 @@ def _title(selection: str, candidate: Candidate) -> str:
 
 # ------------------------------------------------------------------------------------------ outputs
 def save_pictures(
-    rows: EvaluationSplit, predictions: list[tuple[int, np.ndarray]], space: LabelSpace, folder: Path
+    rows: EvaluationSplit,
+    predictions: list[tuple[int, np.ndarray]],
+    space: LabelSpace,
+    folder: Path,
+    title: str | None = None,
 ) -> None:
-    """image | prediction | ground truth, colour-coded with the label space's palette, at label resolution."""
+    """image | prediction | ground truth, colour-coded with the label space's palette, at label resolution
+    (pixel for pixel), and in `figures/` the same panels titled, with a legend of the classes present."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / FIGURES_DIR).mkdir(exist_ok=True)
     for index, prediction in predictions:
         height, width = prediction.shape
         image = np.asarray(rows.image(index).resize((width, height), Image.BICUBIC))
         label = rows[index]["labels"].numpy().astype(np.uint8)  # mapped into the model's classes
         panel = np.concatenate([image, colorize(prediction, space), colorize(label, space)], axis=1)
-        safe_id = re.sub(r"[^\w.-]", "_", str(rows.dataset[int(index)]["id"]))
-        Image.fromarray(panel).save(folder / f"{int(index):04d}_{safe_id}.png")
+        image_id = str(rows.dataset[int(index)]["id"])
+        safe_id = re.sub(r"[^\w.-]", "_", image_id)
+        name = f"{int(index):04d}_{safe_id}.png"
+        Image.fromarray(panel).save(folder / name)
+        caption = f"{title}: {image_id}" if title else image_id
+        figure = segmentation_figure(image, prediction, space, label=label, title=caption)
+        Image.fromarray(figure).save(folder / FIGURES_DIR / name)
 
 
 def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: list[dict]) -> dict:
@@ -743,6 +756,7 @@ def evaluate_and_write(
             result.predictions,
             evaluator.label_space,
             output_dir / PREDICTIONS_DIR / result.key,
+            title=result.title,
         )
     document = metrics_document(evaluator, results, snapshots)
     if accelerator.is_main_process:

@@ -29,8 +29,9 @@ from modeling_intrada.evaluation.evaluator import (
     EvaluationArguments,
     evaluate_and_write,
 )
+from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit
-from modeling_intrada.labels import colorize, get_label_space
+from modeling_intrada.labels import get_label_space
 from modeling_intrada.method.adaptation import SegmentationTask
 from modeling_intrada.method.losses import entropy_map
 from modeling_intrada.method.ranking import RankingResult, load_ranking
@@ -147,13 +148,22 @@ class SegmentationRun(Run):
         )
 
     def picture(self, source: dict, target: dict | None, outputs) -> np.ndarray:
-        """Target image | prediction in colour | entropy map, for TensorBoard."""
-        batch, level = (target, outputs[1]) if target is not None else (source, outputs[0])
+        """For TensorBoard: the target image (else the source's), its prediction, its labels when it has
+        some, and its entropy map, titled, with a legend of the classes and the entropy's colour bar."""
+        domain, batch, level = (
+            ("target", target, outputs[1]) if target is not None else ("source", source, outputs[0])
+        )
         logits = level[-1].logits[:1].detach().float()
         image = denormalize(batch["pixel_values"][0].cpu().numpy(), self.normalization)
-        prediction = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), self.label_space)
-        entropy = (entropy_map(logits)[0].cpu().numpy() * 255).astype(np.uint8)
-        return np.concatenate([image, prediction, np.repeat(entropy[:, :, None], 3, axis=2)], axis=1)
+        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        label = batch["labels"][0].cpu().numpy() if batch.get("labels") is not None else None
+        if label is not None and label.shape != prediction.shape:
+            label = None  # labels at another resolution than the logits: not comparable pixel for pixel
+        entropy = entropy_map(logits)[0].cpu().numpy()
+        title = f"{domain} image" + ("" if label is not None else " (no labels)")
+        return segmentation_figure(
+            image, prediction, self.label_space, label=label, entropy=entropy, title=title
+        )
 
     # -------------------------------------------------------------------------------- ranking
     def ranking_images(self) -> EvaluationSplit:
