@@ -43,7 +43,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
-from modeling_intrada.data.datasets import read_label_space
+from modeling_intrada.data.datasets import ColumnLayout, is_built_dataset, read_label_space
 from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
@@ -125,6 +125,22 @@ class EvaluationArguments:
             "help": "class space of the model's predictions (e.g. synthia16 for a SYNTHIA model on Cityscapes "
             "labels: dataset classes are mapped by name, the others ignored); default: the run's (with "
             "--snapshots_dir), else the dataset's"
+        },
+    )
+    image_column_name: str = field(
+        default="image",
+        metadata={
+            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
+        },
+    )
+    label_column_name: str = field(
+        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
+    )
+    label_ids: str = field(
+        default="train_ids",
+        metadata={
+            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
+            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
         },
     )
     protocols: list[str] | None = field(
@@ -385,7 +401,14 @@ class Evaluator:
         dataset, config, split = self._dataset_names()
         self.dataset_name, self.dataset_config, self.split_name = dataset, config, split
         self.dataset_path = resolve_dataset(dataset, self.run_config)
-        dataset_space = read_label_space(self.dataset_path)
+        self.layout = None
+        if is_built_dataset(self.dataset_path):
+            dataset_space = read_label_space(self.dataset_path)
+        else:  # another publisher's dataset: its columns from the options, its classes the model's space
+            self.layout = ColumnLayout(args.image_column_name, args.label_column_name, args.label_ids)
+            dataset_space = get_label_space(
+                args.label_space or self.run_config.get("label_space") or "cityscapes"
+            )
         space_name = args.label_space or self.run_config.get(
             "label_space"
         )  # e.g. synthia16 for a SYNTHIA run
@@ -412,6 +435,7 @@ class Evaluator:
             self.normalization,
             args.max_images,
             label_mapping=mapping,
+            layout=self.layout,
         )
 
     def _dataset_names(self) -> tuple[str, str | None, str]:

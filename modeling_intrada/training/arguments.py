@@ -220,6 +220,22 @@ class SegmentationArguments:
             "help": "label space name (cityscapes, synthia16, camvid, ...); None: read from the target dataset"
         },
     )
+    image_column_name: str = field(
+        default="image",
+        metadata={
+            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
+        },
+    )
+    label_column_name: str = field(
+        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
+    )
+    label_ids: str = field(
+        default="train_ids",
+        metadata={
+            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
+            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
+        },
+    )
     normalization: str | None = field(
         default=None,
         metadata={"help": "caffe | imagenet; None: caffe for the ResNets, imagenet for timm backbones"},

@@ -22,7 +22,13 @@ from modeling_intrada import (
     FCDiscriminator,
     FCDiscriminatorConfig,
 )
-from modeling_intrada.data.datasets import SegmentationDataset, build_segmentation_dataset, read_label_space
+from modeling_intrada.data.datasets import (
+    ColumnLayout,
+    SegmentationDataset,
+    build_segmentation_dataset,
+    is_built_dataset,
+    read_label_space,
+)
 from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.evaluator import (
     Candidate,
@@ -60,9 +66,18 @@ class SegmentationRun(Run):
             self.source = resolve_dataset_name(run.source_dataset, options)
             self.target = resolve_dataset_name(run.target_dataset, options)
             self.val = resolve_dataset_name(seg.val_dataset, options) if seg.val_dataset else None
-        self.label_space = (
-            get_label_space(seg.label_space) if seg.label_space else read_label_space(self.target)
-        )
+        # Datasets of other publishers (Hub Parquet): their columns from the options, their classes Cityscapes'.
+        layout = ColumnLayout(seg.image_column_name, seg.label_column_name, seg.label_ids)
+        self.layouts = {
+            name: (None if is_built_dataset(name) else layout)
+            for name in (self.source, self.target, self.val)
+            if name
+        }
+        if seg.label_space:
+            self.label_space = get_label_space(seg.label_space)
+        else:
+            built = self.layouts[self.target] is None
+            self.label_space = read_label_space(self.target) if built else get_label_space("cityscapes")
         self.normalization = seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
         self.rare_train_ids = (
             list(seg.rare_train_ids)
@@ -118,6 +133,7 @@ class SegmentationRun(Run):
             hflip=seg.hflip,
             with_labels=with_labels,
             seed=self.args.settings.seed,
+            layout=self.layouts[name],
         )
 
     def training_inputs(
@@ -175,6 +191,7 @@ class SegmentationRun(Run):
             seg.target_size,
             self.normalization,
             with_labels=False,
+            layout=self.layouts[self.target],
         )
 
     def ranking_options(self) -> dict[str, Any]:
@@ -238,6 +255,9 @@ class SegmentationRun(Run):
             input_size=list(seg.target_size),
             normalization=self.normalization,
             label_space=seg.label_space,
+            image_column_name=seg.image_column_name,
+            label_column_name=seg.label_column_name,
+            label_ids=seg.label_ids,
             protocols=seg.eval_protocols,
             batch_size=run.eval_batch_size,
             num_workers=run.num_workers,
