@@ -10,7 +10,7 @@
             snapshots/iter_<NNNNNN>/        G every --snapshot_steps
             DONE                            the stage's completed step count, written last
         ranking/                            the ranking-splits dataset (Parquet + README.md + ranking.json)
-        eval/                               metrics.json, results.md, predictions/<result>/ (figures/ inside)
+        eval/                               metrics.json, results.md, predictions/, figures/
 
 Training, evaluation, cards and publishing all read these names from here.
 """

@@ -54,8 +54,8 @@ def test_figure_without_labels_or_entropy_has_fewer_panels():
 def test_evaluation_writes_a_figure_beside_each_prediction(tiny):
     run_dir, _ = tiny
     for result in ("G_inter", "G_intra"):
-        folder = run_dir / "eval" / "predictions" / result
-        strips = sorted(p.name for p in folder.glob("*.png"))
-        assert strips and sorted(p.name for p in (folder / "figures").glob("*.png")) == strips
-        figure = np.asarray(Image.open(folder / "figures" / strips[0]))
+        strips = sorted(p.name for p in (run_dir / "eval" / "predictions" / result).glob("*.png"))
+        figures = run_dir / "eval" / "figures" / result
+        assert strips and sorted(p.name for p in figures.glob("*.png")) == strips
+        figure = np.asarray(Image.open(figures / strips[0]))
         assert figure.shape[0] > 100 and figure.shape[1] > figure.shape[0]  # titled panels, legend below

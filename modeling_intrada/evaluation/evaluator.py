@@ -606,12 +606,15 @@ def save_pictures(
     predictions: list[tuple[int, np.ndarray]],
     space: LabelSpace,
     folder: Path,
+    figures_folder: Path | None = None,
     title: str | None = None,
 ) -> None:
-    """image | prediction | ground truth, colour-coded with the label space's palette, at label resolution
-    (pixel for pixel), and in `figures/` the same panels titled, with a legend of the classes present."""
+    """image | prediction | ground truth into `folder`, colour-coded with the label space's palette, at label
+    resolution (pixel for pixel); and into `figures_folder` the same panels titled, with a legend of the
+    classes present."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / FIGURES_DIR).mkdir(exist_ok=True)
+    if figures_folder is not None:
+        figures_folder.mkdir(parents=True, exist_ok=True)
     for index, prediction in predictions:
         height, width = prediction.shape
         image = np.asarray(rows.image(index).resize((width, height), Image.BICUBIC))
@@ -621,9 +624,10 @@ def save_pictures(
         safe_id = re.sub(r"[^\w.-]", "_", image_id)
         name = f"{int(index):04d}_{safe_id}.png"
         Image.fromarray(panel).save(folder / name)
-        caption = f"{title}: {image_id}" if title else image_id
-        figure = segmentation_figure(image, prediction, space, label=label, title=caption)
-        Image.fromarray(figure).save(folder / FIGURES_DIR / name)
+        if figures_folder is not None:
+            caption = f"{title}: {image_id}" if title else image_id
+            figure = segmentation_figure(image, prediction, space, label=label, title=caption)
+            Image.fromarray(figure).save(figures_folder / name)
 
 
 def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: list[dict]) -> dict:
@@ -780,6 +784,7 @@ def evaluate_and_write(
             result.predictions,
             evaluator.label_space,
             output_dir / PREDICTIONS_DIR / result.key,
+            figures_folder=output_dir / FIGURES_DIR / result.key,
             title=result.title,
         )
     document = metrics_document(evaluator, results, snapshots)

@@ -1,7 +1,7 @@
 """Labelled pictures of a segmentation: titled panels (image, prediction, ground truth, entropy), a legend of the
 classes present in the label space's colours and a colour bar for the entropy, as one RGB array.
 
-Used for the TensorBoard images of the stage loop and the figures beside `eval/predictions/`.
+Used for the TensorBoard images of the stage loop and the evaluation's `eval/figures/`.
 """
 
 from __future__ import annotations

@@ -504,7 +504,7 @@ class AdaptationStage:
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """The complete checkpoints in `folder` (`checkpoint-<step>`, or the older `checkpoint_<step>`), oldest first."""
+    """The complete checkpoints in `folder` (`checkpoint-<step>`; `checkpoint_<step>` is read too), by step."""
     if not folder.is_dir():
         return []
     found = [
