@@ -15,12 +15,15 @@ Layout (docs/architecture.md): `models/` one folder per model, `data/` datasets 
 that order.
 """
 
+import logging
+
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    AutoVideoProcessor,
 )
 
 from modeling_intrada.models.deeplabv2.configuration_deeplabv2 import DeepLabV2Config
@@ -50,9 +53,16 @@ AutoConfig.register(FCDiscriminatorConfig.model_type, FCDiscriminatorConfig, exi
 AutoModel.register(DeepLabV2Config, DeepLabV2ForSemanticSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(DeepLabV2Config, DeepLabV2ForSemanticSegmentation, exist_ok=True)
 AutoModel.register(FCDiscriminatorConfig, FCDiscriminator, exist_ok=True)
+# One processor (NumPy and PIL) answers both backends, so AutoImageProcessor's default request for
+# "torchvision" does not log a fallback.
 AutoImageProcessor.register(
-    DeepLabV2Config, image_processor_classes={"pil": DeepLabV2ImageProcessor}, exist_ok=True
+    DeepLabV2Config,
+    image_processor_classes={"pil": DeepLabV2ImageProcessor, "torchvision": DeepLabV2ImageProcessor},
+    exist_ok=True,
 )
+# No video processor: every pipeline probes AutoVideoProcessor, which otherwise guesses a remote
+# `DeepLabV2VideoProcessor` from the image processor's auto_map and asks the [y/N] trust_remote_code question.
+AutoVideoProcessor.register(DeepLabV2Config, video_processor_classes={}, exist_ok=True)
 # The digits experiments (paper section 4.3): the classifier G and its feature-level discriminator.
 AutoConfig.register(DigitClassifierConfig.model_type, DigitClassifierConfig, exist_ok=True)
 AutoConfig.register(FeatureDiscriminatorConfig.model_type, FeatureDiscriminatorConfig, exist_ok=True)
@@ -70,6 +80,25 @@ DigitClassifierConfig.register_for_auto_class()
 DigitClassifier.register_for_auto_class("AutoModelForImageClassification")
 FeatureDiscriminatorConfig.register_for_auto_class()
 FeatureDiscriminator.register_for_auto_class("AutoModel")
+
+
+class _RegisteredModelsAreSupported(logging.Filter):
+    """Drop the pipelines' "The model '...' is not supported" error for the models registered here.
+
+    `Pipeline.check_model_type` compares the model against transformers' built-in name tables only, not the
+    classes registered with the Auto classes, although the pipeline loads and runs them.
+    """
+
+    names = (DeepLabV2ForSemanticSegmentation.__name__, DigitClassifier.__name__)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"The model '{name}' is not supported") for name in self.names)
+
+
+_pipelines_logger = logging.getLogger("transformers.pipelines.base")
+if not any(isinstance(f, _RegisteredModelsAreSupported) for f in _pipelines_logger.filters):
+    _pipelines_logger.addFilter(_RegisteredModelsAreSupported())
 
 __all__ = [
     "DeepLabV2Config",

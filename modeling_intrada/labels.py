@@ -222,6 +222,9 @@ class LabelSpace:
         palette: one RGB colour per class, for pictures.
         rare_train_ids: classes counted by the entropy-ranking normalisation (SPEC section 4).
         ignore_index: label value that marks pixels without a class.
+        labelled_train_ids: the classes a dataset in this space labels, when it labels only some of them
+            (the synthetic pair draws 9 of the 19 Cityscapes classes); empty: all of them. Result tables
+            show these classes.
     """
 
     name: str
@@ -229,6 +232,7 @@ class LabelSpace:
     palette: tuple[tuple[int, int, int], ...]
     rare_train_ids: tuple[int, ...] = ()
     ignore_index: int = IGNORE_INDEX
+    labelled_train_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.palette) != len(self.class_names):
@@ -238,6 +242,9 @@ class LabelSpace:
         bad = [i for i in self.rare_train_ids if not 0 <= i < len(self.class_names)]
         if bad:
             raise ValueError(f"label space {self.name!r}: rare train ids {bad} are not class indices")
+        bad = [i for i in self.labelled_train_ids if not 0 <= i < len(self.class_names)]
+        if bad:
+            raise ValueError(f"label space {self.name!r}: labelled train ids {bad} are not class indices")
 
     @property
     def num_classes(self) -> int:
@@ -262,6 +269,7 @@ class LabelSpace:
             "palette": [list(color) for color in self.palette],
             "rare_train_ids": list(self.rare_train_ids),
             "ignore_index": self.ignore_index,
+            **({"labelled_train_ids": list(self.labelled_train_ids)} if self.labelled_train_ids else {}),
         }
 
     @classmethod
@@ -276,6 +284,7 @@ class LabelSpace:
             palette=tuple(tuple(int(c) for c in color) for color in data["palette"]),
             rare_train_ids=tuple(int(i) for i in data.get("rare_train_ids", ())),
             ignore_index=int(data.get("ignore_index", IGNORE_INDEX)),
+            labelled_train_ids=tuple(int(i) for i in data.get("labelled_train_ids", ())),
         )
 
 
@@ -284,7 +293,13 @@ SYNTHIA_16 = LabelSpace("synthia16", SYNTHIA_16_CLASS_NAMES, SYNTHIA_16_PALETTE,
 SYNTHIA_13 = LabelSpace("synthia13", SYNTHIA_13_CLASS_NAMES, SYNTHIA_13_PALETTE, SYNTHIA_13_RARE_TRAIN_IDS)
 CAMVID = LabelSpace("camvid", CAMVID_CLASS_NAMES, CAMVID_PALETTE, CAMVID_RARE_TRAIN_IDS)
 DIGITS = LabelSpace("digits", DIGIT_CLASS_NAMES, DIGIT_PALETTE)
-SYNTHETIC = LabelSpace("synthetic", CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, SYNTHETIC_RARE_TRAIN_IDS)
+SYNTHETIC = LabelSpace(
+    "synthetic",
+    CITYSCAPES_CLASS_NAMES,
+    CITYSCAPES_PALETTE,
+    SYNTHETIC_RARE_TRAIN_IDS,
+    labelled_train_ids=SYNTHETIC_TRAIN_IDS,
+)
 
 # Dataset (or label-space) name -> label space. GTA5 and Synscapes share Cityscapes' 19 classes;
 # "cityscapes16"/"cityscapes13" are Cityscapes seen by a SYNTHIA-trained model.

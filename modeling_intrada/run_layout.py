@@ -10,13 +10,14 @@
             snapshots/iter_<NNNNNN>/        G every --snapshot_steps
             DONE                            the stage's completed step count, written last
         ranking/                            the ranking-splits dataset (Parquet + README.md + ranking.json)
-        eval/                               metrics.json, results.md, predictions/
+        eval/                               metrics.json, results.md, predictions/, figures/
 
 Training, evaluation, cards and publishing all read these names from here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,27 @@ EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.md"
 PREDICTIONS_DIR = "predictions"
+FIGURES_DIR = "figures"
 CARD_FILE = "README.md"
+
+# `checkpoint-<step>` as in the Accelerate and diffusers examples; `checkpoint_<000020>` is read too, so that
+# runs saved under that name still resume.
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME_PATTERN = re.compile(r"^checkpoint(?:-|_)(\d+)$")
 
 TRAINING_STAGES = ("source", "inter", "intra")
 LEVELS = ("aux", "main")
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint saved after `step` optimizer steps: `checkpoint-<step>`."""
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder name (`checkpoint-20` or `checkpoint_000020`), or None for another name."""
+    match = CHECKPOINT_NAME_PATTERN.match(name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,7 @@ def test_two_cpu_processes_with_accelerate_launch(datasets_dir, tmp_path, one_th
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    checkpoint = out / "inter" / "checkpoints" / "checkpoint_000004"
+    checkpoint = out / "inter" / "checkpoints" / "checkpoint-4"
     assert json.loads((checkpoint / "loop_state.json").read_text())["num_processes"] == 2
     two_ranking = load_ranking(out / "ranking")
     assert len(two_ranking.easy_ids) + len(two_ranking.hard_ids) == 39

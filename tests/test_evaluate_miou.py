@@ -251,3 +251,24 @@ def test_synthetic_resolves_to_the_runs_dataset(tmp_path):
     assert folder == tmp_path / "s"
     assert json.loads((folder / "synthetic_params.json").read_text())["num_source"] == 2
     assert resolve_dataset("someone/cityscapes", config) == "someone/cityscapes"
+
+
+def test_tables_show_the_classes_the_dataset_labels_and_name_the_protocol(tiny):
+    run_dir, _ = tiny
+    document = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    labelled = document["dataset"]["dataset_classes_labelled"]
+    assert len(labelled) == 9 and "truck" not in labelled  # the synthetic pair draws 9 Cityscapes classes
+    table = (run_dir / "eval" / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("|  |"))
+    assert header == "|  | " + " | ".join(labelled) + " | mIoU (synthetic, 9 classes) | mIoU (19) |"
+    for result in document["results"].values():
+        scores = result["scores"]["19"]  # metrics.json keeps the protocol's scores over its 19 classes
+        ious = dict(zip(scores["class_names"], scores["per_class_iou"], strict=True))
+        own = np.nanmean([np.nan if ious[name] is None else ious[name] for name in labelled])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {result['title']} |"))
+        cells = row.strip("|").split("|")
+        assert (
+            cells[-2].strip() == f"{100 * own:.1f}" and cells[-1].strip() == f"{100 * scores['mean_iou']:.1f}"
+        )
+    card = (run_dir / "intra" / "model" / "README.md").read_text()
+    assert "| | " + " | ".join(labelled) + " | mIoU (9 classes) | mIoU (19) |" in card

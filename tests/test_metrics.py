@@ -449,13 +449,134 @@ def test_evaluate_module_from_the_repository_root_and_elsewhere(evaluate_lib, tm
             module.add_batch(predictions=[predictions], references=[references])
         result = module.compute(num_labels=16, protocol="13", id2label=names)
         assert result.pop("confusion_matrix") == metric.confusion_matrix().tolist()
-        assert result == expected
+        assert {key: result[key] for key in expected} == expected  # evaluate's keys beside ours
+        assert set(result) == set(expected) | EVALUATE_KEYS
 
     by_matrix = evaluate_lib.load(evaluate_module_path(), "confusion_matrix")
     halves = [confusion_matrix(p, r, 16).tolist() for p, r in pairs]
     result = by_matrix.compute(confusion_matrix=halves, protocol="13", id2label=names)
     result.pop("confusion_matrix")
-    assert result == expected
+    assert {key: result[key] for key in expected} == expected
+    assert set(result) == set(expected) | EVALUATE_KEYS
+
+
+# --- evaluate's mean_iou, written here from its documented formulas (evaluate/metrics/mean_iou) -------------
+
+EVALUATE_KEYS = {"mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy"}
+
+
+def evaluate_mean_iou(
+    predictions, references, num_labels, ignore_index, nan_to_num=None, label_map=None, reduce_labels=False
+) -> dict:
+    """evaluate's `mean_iou`: per image, map the labels, drop ignored pixels, histogram the intersection,
+    the prediction and the label over `num_labels` bins; sum; IoU = intersect / union, accuracy =
+    intersect / label; nanmeans; `overall_accuracy` = total intersect / total label."""
+    total_intersect = total_union = total_pred = total_label = np.zeros(num_labels, np.float64)
+    for pred_label, label in zip(predictions, references, strict=True):
+        label = np.array(label)
+        if label_map is not None:
+            for old_id, new_id in label_map.items():
+                label[label == old_id] = new_id
+        pred_label = np.array(pred_label)
+        if reduce_labels:
+            label[label == 0] = 255
+            label = label - 1
+            label[label == 254] = 255
+        mask = np.not_equal(label, ignore_index)
+        pred_label, label = pred_label[mask], label[mask]
+        intersect = pred_label[pred_label == label]
+        area_intersect = np.histogram(intersect, bins=num_labels, range=(0, num_labels - 1))[0]
+        area_pred = np.histogram(pred_label, bins=num_labels, range=(0, num_labels - 1))[0]
+        area_label = np.histogram(label, bins=num_labels, range=(0, num_labels - 1))[0]
+        total_intersect = total_intersect + area_intersect
+        total_union = total_union + area_pred + area_label - area_intersect
+        total_pred = total_pred + area_pred
+        total_label = total_label + area_label
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = total_intersect / total_union
+        accuracy = total_intersect / total_label
+        metrics = {
+            "mean_iou": np.nanmean(iou),
+            "mean_accuracy": np.nanmean(accuracy),
+            "overall_accuracy": total_intersect.sum() / total_label.sum(),
+            "per_category_iou": iou,
+            "per_category_accuracy": accuracy,
+        }
+    if nan_to_num is not None:
+        metrics = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in metrics.items()}
+    return metrics
+
+
+def assert_same_as_evaluate(result: dict, expected: dict) -> None:
+    for key in EVALUATE_KEYS:
+        assert type(result[key]) is type(expected[key]), (key, type(result[key]), type(expected[key]))
+        np.testing.assert_allclose(result[key], expected[key], rtol=0, atol=1e-12, err_msg=key)
+    for key in ("per_category_iou", "per_category_accuracy"):
+        assert result[key].dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ignore_index": 255},
+        {"ignore_index": 255, "nan_to_num": 0.0},
+        {"ignore_index": 255, "nan_to_num": -1.0, "reduce_labels": True},
+        {"ignore_index": 0},  # a class index, as in the transformers semantic-segmentation examples
+        {"ignore_index": 255, "label_map": {7: 255, 3: 5}},
+        {"ignore_index": 255, "label_map": {1: 2, 2: 3}},  # entries applied one after another
+    ],
+)
+def test_evaluate_module_equals_evaluate_mean_iou(evaluate_lib, options):
+    rng = np.random.default_rng(11)
+    num_labels = 8
+    pairs = [random_maps(rng, (24, 20), num_labels) for _ in range(3)]
+    predictions = [p for p, _ in pairs]
+    # Class 6 never labelled nor predicted: NaN entries, so that nan_to_num has work.
+    predictions = [np.where(p == 6, 1, p) for p in predictions]
+    references = [np.where(r == 6, 255, r) for _, r in pairs]
+    if options["ignore_index"] == 0:  # class 0 is the unlabelled "background"
+        references = [np.where(r == 255, 0, r) for r in references]
+    if options.get("reduce_labels"):  # label 0 is "other", classes are 1..C
+        references = [np.where(r == 255, 255, np.minimum(r + 1, num_labels)) for r in references]
+    module = evaluate_lib.load(evaluate_module_path())
+    result = module.compute(predictions=predictions, references=references, num_labels=num_labels, **options)
+    assert_same_as_evaluate(result, evaluate_mean_iou(predictions, references, num_labels, **options))
+    assert result["pixel_accuracy"] == pytest.approx(result["overall_accuracy"])
+    assert len(result["per_class_iou"]) == num_labels  # the extras, beside evaluate's keys
+
+
+def test_evaluate_module_accepts_pil_images_and_add_batch(evaluate_lib):
+    rng = np.random.default_rng(12)
+    pairs = [random_maps(rng, (16, 24), 5) for _ in range(2)]
+    as_images = [(Image.fromarray(p.astype(np.uint8)), Image.fromarray(r.astype(np.uint8))) for p, r in pairs]
+    expected = evaluate_mean_iou([p for p, _ in pairs], [r for _, r in pairs], 5, 255)
+    module = evaluate_lib.load(evaluate_module_path())
+    result = module.compute(
+        predictions=[p for p, _ in as_images],
+        references=[r for _, r in as_images],
+        num_labels=5,
+        ignore_index=255,
+    )
+    assert_same_as_evaluate(result, expected)
+    for prediction, reference in as_images:
+        module.add_batch(predictions=[prediction], references=[reference])
+    assert_same_as_evaluate(module.compute(num_labels=5, ignore_index=255), expected)
+    module.add(prediction=as_images[0][0], reference=as_images[0][1])
+    module.add(prediction=as_images[1][0], reference=as_images[1][1])
+    assert_same_as_evaluate(module.compute(num_labels=5, ignore_index=255), expected)
+
+
+def test_confusion_matrix_configuration_gives_evaluate_keys(evaluate_lib):
+    rng = np.random.default_rng(13)
+    predictions, references = random_maps(rng, (30, 30), 6)
+    expected = evaluate_mean_iou([predictions], [references], 6, 255, nan_to_num=0.0)
+    by_matrix = evaluate_lib.load(evaluate_module_path(), "confusion_matrix")
+    result = by_matrix.compute(
+        confusion_matrix=[confusion_matrix(predictions, references, 6).tolist()], nan_to_num=0.0
+    )
+    assert_same_as_evaluate(result, expected)
+    with pytest.raises(ValueError, match="label_map and reduce_labels apply to label maps"):
+        by_matrix.compute(confusion_matrix=[np.eye(3, dtype=np.int64).tolist()], reduce_labels=True)
 
 
 def test_evaluate_module_errors(evaluate_lib):

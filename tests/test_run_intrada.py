@@ -207,7 +207,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     assert (out / "inter" / "DONE").read_text().strip() == "4" and (out / "intra" / "DONE").is_file()
-    checkpoint = out / "inter" / "checkpoints" / "checkpoint_000004"
+    checkpoint = out / "inter" / "checkpoints" / "checkpoint-4"
     assert json.loads((checkpoint / "loop_state.json").read_text())["num_processes"] == 2
     summary = json.loads((out / "ranking" / "ranking.json").read_text())
     assert summary["num_images"] == 40  # every target image scored once, across the two processes

@@ -29,25 +29,28 @@ def build_tiny_run(root: Path) -> tuple[Path, Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only wait for each other on a shared machine
     try:
-        main(
-            [
-                "--output_dir", str(run_dir),
-                "--source_dataset", str(data),
-                "--target_dataset", str(data),
-                "--val_dataset", str(data),
-                "--backbone", TINY_BACKBONE,
-                "--source_size", "32", "64",
-                "--target_size", "32", "64",
-                "--num_iterations", "2",
-                "--max_iters", "10",
-                "--snapshot_steps", "1",
-                "--batch_size", "2",
-                "--eval_batch_size", "4",
-                "--num_workers", "0",
-                "--lambda_easy", "0.5",
-                "--log_steps", "1",
-            ]
-        )  # fmt: skip
+        main(tiny_run_arguments(run_dir, data))
     finally:
         torch.set_num_threads(threads)
     return run_dir, data
+
+
+def tiny_run_arguments(run_dir: Path, data: Path) -> list[str]:
+    """The command line of the tiny run (without a stage: all of them)."""
+    return [
+        "--output_dir", str(run_dir),
+        "--source_dataset", str(data),
+        "--target_dataset", str(data),
+        "--val_dataset", str(data),
+        "--backbone", TINY_BACKBONE,
+        "--source_size", "32", "64",
+        "--target_size", "32", "64",
+        "--num_iterations", "2",
+        "--max_iters", "10",
+        "--snapshot_steps", "1",
+        "--batch_size", "2",
+        "--eval_batch_size", "4",
+        "--num_workers", "0",
+        "--lambda_easy", "0.5",
+        "--log_steps", "1",
+    ]  # fmt: skip

@@ -19,7 +19,7 @@ import os
 import random
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from modeling_intrada.labels import LabelSpace
+from modeling_intrada.labels import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, LabelSpace, build_lut
 from modeling_intrada.models.deeplabv2.image_transforms import (
     NORMALIZATIONS,
     label_to_array,
@@ -178,6 +178,55 @@ def _local_path(source: str | Path) -> Path | None:
     return None
 
 
+# How label maps of a dataset not built here code the classes: train ids as written by dataset_scripts/, or the
+# Cityscapes label ids (0..33, also GTA5's), mapped to train ids when read.
+LABEL_CODINGS = {"train_ids": None, "cityscapes_label_ids": CITYSCAPES_LABEL_ID_TO_TRAIN_ID}
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """How a dataset that `dataset_scripts/` did not build (e.g. a Parquet dataset on the Hub) names its columns
+    and codes its label maps; reading renames the columns to `image` and `label` and adds a row `id`.
+
+    Args:
+        image_column: the column of the images.
+        label_column: the column of the label maps (images); absent in unlabelled splits.
+        label_ids: "train_ids" (class indices, 255 ignore) or "cityscapes_label_ids" (the Cityscapes and
+            GTA5 label ids, mapped to the 19 train ids, others to 255).
+    """
+
+    image_column: str = "image"
+    label_column: str = "label"
+    label_ids: str = "train_ids"
+
+    def __post_init__(self) -> None:
+        if self.label_ids not in LABEL_CODINGS:
+            raise ValueError(f"label_ids must be one of {sorted(LABEL_CODINGS)}, got {self.label_ids!r}")
+
+    def label_lut(self) -> np.ndarray | None:
+        """The label value -> train id table, or None for train ids."""
+        table = LABEL_CODINGS[self.label_ids]
+        return build_lut(table, 256) if table is not None else None
+
+    def adapt(
+        self, dataset: datasets.Dataset | datasets.IterableDataset, split: str
+    ) -> datasets.Dataset | datasets.IterableDataset:
+        """The split with `image`, `label` (when labelled) and `id` columns."""
+        columns = list(dataset.column_names or [])
+        if self.image_column not in columns and "image" not in columns:
+            raise ValueError(
+                f"no image column {self.image_column!r} in {columns}: pass the dataset's --image_column_name"
+            )
+        for name, ours in ((self.image_column, "image"), (self.label_column, "label")):
+            if name != ours and name in columns:
+                if ours in columns:
+                    dataset = dataset.remove_columns(ours)
+                dataset = dataset.rename_column(name, ours)
+        if "id" not in columns:
+            dataset = dataset.map(lambda _, index: {"id": f"{split}_{index:06d}"}, with_indices=True)
+        return dataset
+
+
 def load_split(
     source: str | Path,
     config: str | None = None,
@@ -186,6 +235,7 @@ def load_split(
     streaming: bool = False,
     cache_dir: str | Path | None = None,
     revision: str | None = None,
+    layout: ColumnLayout | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Open one split of a built dataset from a local folder or a Hub dataset id.
 
@@ -196,6 +246,8 @@ def load_split(
         streaming: read lazily from the Parquet shards (no Arrow copy in the cache).
         cache_dir: where `datasets` keeps its Arrow cache (its default when None).
         revision: a Hub revision (branch, tag or commit).
+        layout: for a dataset not built by `dataset_scripts/`: its column names (renamed to `image` and
+            `label`; an `id` is added when absent).
 
     Raises:
         FileNotFoundError: a local-looking `source` does not exist.
@@ -203,7 +255,7 @@ def load_split(
     local = _local_path(source)
     if local is not None and not streaming:
         cache_dir = local_cache_dir(local, cache_dir)
-    return datasets.load_dataset(
+    dataset = datasets.load_dataset(
         str(local if local is not None else source),
         config,
         split=split,
@@ -211,6 +263,22 @@ def load_split(
         cache_dir=str(cache_dir) if cache_dir is not None else None,
         revision=revision,
     )
+    return layout.adapt(dataset, split) if layout is not None else dataset
+
+
+def is_built_dataset(source: str | Path, revision: str | None = None) -> bool:
+    """Whether `source` was written by `dataset_scripts/` (it has `label_space.json`), not another publisher."""
+    local = _local_path(source)
+    if local is not None:
+        return (local / LABEL_SPACE_FILE).is_file()
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:  # a download, not an existence query, so that the offline cache answers too
+        hf_hub_download(str(source), LABEL_SPACE_FILE, repo_type="dataset", revision=revision)
+    except EntryNotFoundError:
+        return False
+    return True
 
 
 def local_cache_dir(folder: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -267,6 +335,7 @@ class SegmentationTransform:
         crop_size: (height, width) of a random crop taken after resizing, or None.
         hflip: flip left-right with probability 1/2.
         seed: base seed; the crop/flip of a row depend only on (seed, epoch, row key).
+        label_lut: label value -> train id (`ColumnLayout.label_lut`), for label maps in other ids.
     """
 
     size: tuple[int, int] | None = None
@@ -274,6 +343,7 @@ class SegmentationTransform:
     crop_size: tuple[int, int] | None = None
     hflip: bool = False
     seed: int = 0
+    label_lut: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
@@ -298,7 +368,12 @@ class SegmentationTransform:
             if self.hflip:
                 image, label = random_hflip(image, label, rng)
         pixel_values = torch.from_numpy(normalize(image, self.normalization))
-        labels = torch.from_numpy(label_to_array(label)) if label is not None else None
+        labels = None
+        if label is not None:
+            array = label_to_array(label)
+            if self.label_lut is not None:
+                array = self.label_lut[array.clip(0, len(self.label_lut) - 1)].astype(np.int64)
+            labels = torch.from_numpy(array)
         return pixel_values, labels
 
 
@@ -419,6 +494,7 @@ def build_segmentation_dataset(
     streaming: bool = False,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    layout: ColumnLayout | None = None,
 ) -> SegmentationDataset | StreamingSegmentationDataset:
     """Open a split and wrap it for training in one call (see `load_split`, `SegmentationTransform`)."""
     transform = SegmentationTransform(
@@ -427,8 +503,9 @@ def build_segmentation_dataset(
         crop_size=tuple(crop_size) if crop_size is not None else None,
         hflip=hflip,
         seed=seed,
+        label_lut=layout.label_lut() if layout is not None else None,
     )
-    split_data = load_split(source, config, split, streaming=streaming, cache_dir=cache_dir)
+    split_data = load_split(source, config, split, streaming=streaming, cache_dir=cache_dir, layout=layout)
     if streaming:
         return StreamingSegmentationDataset(split_data, transform, with_labels)
     return SegmentationDataset(split_data, transform, with_labels)

@@ -43,21 +43,24 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
-from modeling_intrada.data.datasets import read_label_space
+from modeling_intrada.data.datasets import ColumnLayout, is_built_dataset, read_label_space
 from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
     MeanIoU,
+    Protocol,
     SegmentationScores,
     get_protocol,
     markdown_table,
     scores_from_confusion_matrix,
 )
+from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation, mean_entropy
 from modeling_intrada.labels import LabelSpace, colorize, get_label_space
 from modeling_intrada.run_layout import (
     CONFIG_FILE,
     DONE_FILE,
+    FIGURES_DIR,
     METRICS_FILE,
     MODEL_DIR,
     PREDICTIONS_DIR,
@@ -124,6 +127,22 @@ class EvaluationArguments:
             "--snapshots_dir), else the dataset's"
         },
     )
+    image_column_name: str = field(
+        default="image",
+        metadata={
+            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
+        },
+    )
+    label_column_name: str = field(
+        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
+    )
+    label_ids: str = field(
+        default="train_ids",
+        metadata={
+            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
+            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
+        },
+    )
     protocols: list[str] | None = field(
         default=None,
         metadata={"help": "19 | 16 | 13 | all (default: 19 for 19 classes, 16 and 13 for 16, else all)"},
@@ -137,7 +156,13 @@ class EvaluationArguments:
     selection_max_images: int | None = field(default=None)
     batch_size: int = field(default=1, metadata={"help": "images per process per forward pass"})
     num_workers: int = field(default=2, metadata={"help": "data-loading workers"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | fp16 | bf16 (default: what `accelerate launch --mixed_precision` or the saved "
+            "`accelerate config` set, else no)"
+        },
+    )
     num_pictures: int = field(default=8, metadata={"help": "colour-coded predictions of the first K images"})
     output_dir: str = field(default="evaluation")
 
@@ -307,6 +332,18 @@ def label_mapping(
     return mapping, dropped
 
 
+def labelled_classes(dataset_space: LabelSpace, evaluation_space: LabelSpace) -> list[int] | None:
+    """The evaluation classes the dataset labels, when it labels only some of them (else None).
+
+    A dataset that draws a few of a space's classes (`labelled_train_ids`: the synthetic pair's 9 of the 19
+    Cityscapes classes) is reported over those classes; matched by name, as `label_mapping` does.
+    """
+    labelled = dataset_space.labelled_train_ids or range(dataset_space.num_classes)
+    names = {dataset_space.class_names[i].lower() for i in labelled}
+    indices = [i for i, name in enumerate(evaluation_space.class_names) if name.lower() in names]
+    return indices if len(indices) < evaluation_space.num_classes else None
+
+
 # --------------------------------------------------------------------------------------- evaluation
 @dataclass
 class Result:
@@ -364,7 +401,14 @@ class Evaluator:
         dataset, config, split = self._dataset_names()
         self.dataset_name, self.dataset_config, self.split_name = dataset, config, split
         self.dataset_path = resolve_dataset(dataset, self.run_config)
-        dataset_space = read_label_space(self.dataset_path)
+        self.layout = None
+        if is_built_dataset(self.dataset_path):
+            dataset_space = read_label_space(self.dataset_path)
+        else:  # another publisher's dataset: its columns from the options, its classes the model's space
+            self.layout = ColumnLayout(args.image_column_name, args.label_column_name, args.label_ids)
+            dataset_space = get_label_space(
+                args.label_space or self.run_config.get("label_space") or "cityscapes"
+            )
         space_name = args.label_space or self.run_config.get("label_space")  # e.g. synthia16
         self.label_space = get_label_space(space_name) if space_name else dataset_space
         if self.label_space.num_classes != self.num_labels:
@@ -379,6 +423,8 @@ class Evaluator:
                 f"{list(self.label_space.class_names)}: pass the model's --label_space"
             )
         mapping, self.dropped_classes = label_mapping(dataset_space, self.label_space)
+        self.dataset_label_space = dataset_space
+        self.labelled_classes = labelled_classes(dataset_space, self.label_space)
         self.rows = EvaluationSplit(
             self.dataset_path,
             config,
@@ -387,6 +433,7 @@ class Evaluator:
             self.normalization,
             args.max_images,
             label_mapping=mapping,
+            layout=self.layout,
         )
 
     def _dataset_names(self) -> tuple[str, str | None, str]:
@@ -408,7 +455,7 @@ class Evaluator:
             self.num_labels,
             accelerator=acc,
             batch_size=a.batch_size,
-            mixed_precision=a.mixed_precision,
+            mixed_precision=acc.mixed_precision,  # the option, else the launcher's setting
             num_workers=a.num_workers,
             keep_predictions=a.num_pictures if keep else 0,
             progress=f"{what}: {candidate.label}",
@@ -553,17 +600,32 @@ def _title(selection: str, candidate: Candidate) -> str:
 
 # ------------------------------------------------------------------------------------------ outputs
 def save_pictures(
-    rows: EvaluationSplit, predictions: list[tuple[int, np.ndarray]], space: LabelSpace, folder: Path
+    rows: EvaluationSplit,
+    predictions: list[tuple[int, np.ndarray]],
+    space: LabelSpace,
+    folder: Path,
+    figures_folder: Path | None = None,
+    title: str | None = None,
 ) -> None:
-    """image | prediction | ground truth, colour-coded with the label space's palette, at label resolution."""
+    """image | prediction | ground truth into `folder`, colour-coded with the label space's palette, at label
+    resolution (pixel for pixel); and into `figures_folder` the same panels titled, with a legend of the
+    classes present."""
     folder.mkdir(parents=True, exist_ok=True)
+    if figures_folder is not None:
+        figures_folder.mkdir(parents=True, exist_ok=True)
     for index, prediction in predictions:
         height, width = prediction.shape
         image = np.asarray(rows.image(index).resize((width, height), Image.BICUBIC))
         label = rows[index]["labels"].numpy().astype(np.uint8)  # mapped into the model's classes
         panel = np.concatenate([image, colorize(prediction, space), colorize(label, space)], axis=1)
-        safe_id = re.sub(r"[^\w.-]", "_", str(rows.dataset[int(index)]["id"]))
-        Image.fromarray(panel).save(folder / f"{int(index):04d}_{safe_id}.png")
+        image_id = str(rows.dataset[int(index)]["id"])
+        safe_id = re.sub(r"[^\w.-]", "_", image_id)
+        name = f"{int(index):04d}_{safe_id}.png"
+        Image.fromarray(panel).save(folder / name)
+        if figures_folder is not None:
+            caption = f"{title}: {image_id}" if title else image_id
+            figure = segmentation_figure(image, prediction, space, label=label, title=caption)
+            Image.fromarray(figure).save(figures_folder / name)
 
 
 def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: list[dict]) -> dict:
@@ -580,6 +642,11 @@ def metrics_document(evaluator: Evaluator, results: list[Result], snapshots: lis
             "normalization": evaluator.normalization,
             "label_space": evaluator.label_space.name,
             "dataset_classes_ignored": evaluator.dropped_classes,
+            "dataset_classes_labelled": (
+                None
+                if evaluator.labelled_classes is None
+                else [evaluator.label_space.class_names[i] for i in evaluator.labelled_classes]
+            ),
             "resolution": "predictions upsampled to each label map's own size",
         },
         "protocols": [_protocol_name(p, evaluator.num_labels) for p in evaluator.protocols],
@@ -615,7 +682,7 @@ def results_markdown(evaluator: Evaluator, results: list[Result], snapshots: lis
     ]
     for protocol in e.protocols:
         name = _protocol_name(protocol, e.num_labels)
-        lines += [f"## Protocol {name}", "", markdown_table({r.title: r.scores[name] for r in results})]
+        lines += [f"## Protocol {name}", "", *protocol_table(e, protocol, results)]
     lines += ["## How each row was chosen", ""]
     lines += [f"- **{r.title}**: {r.rule}. Model: `{r.candidate.path}`." for r in results]
     if any(r.selected_with_validation_labels for r in results):
@@ -637,6 +704,28 @@ def results_markdown(evaluator: Evaluator, results: list[Result], snapshots: lis
                 f"{'-' if miou is None else f'{100 * miou:.2f}'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def protocol_table(evaluator: Evaluator, protocol: str | None, results: list[Result]) -> list[str]:
+    """The markdown lines of one protocol's table: the protocol's classes, or, when the dataset labels only
+    some of them, those classes with their own mean beside the protocol's (no columns that can only say n/a).
+    """
+    e = evaluator
+    chosen = get_protocol(protocol, e.num_labels)
+    shown = [i for i in chosen.class_indices if e.labelled_classes is None or i in e.labelled_classes]
+    if len(shown) == len(chosen.class_indices):
+        return [markdown_table({r.title: r.scores[chosen.name] for r in results})]
+    own = Protocol(f"{e.dataset_label_space.name}, {len(shown)} classes", e.num_labels, tuple(shown))
+    table = markdown_table(
+        {r.title: scores_from_confusion_matrix(r.confusion, own, e.model_id2label) for r in results},
+        extra_columns={f"mIoU ({chosen.name})": [r.scores[chosen.name].mean_iou for r in results]},
+    )
+    note = (
+        f"Columns: the {len(shown)} classes `{e.dataset_label_space.name}` labels; `mIoU ({own.name})` averages "
+        f"them. `mIoU ({chosen.name})` is protocol {chosen.name}'s mean over its {len(chosen.class_indices)} "
+        "classes, where a class the dataset never labels counts 0 when predicted and is left out otherwise."
+    )
+    return [note, "", table]
 
 
 def write_outputs(
@@ -665,7 +754,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> EvaluationArguments:
         raise ValueError(f"--input_size takes HEIGHT WIDTH, got {args.input_size}")
     if args.normalization not in (None, "caffe", "imagenet"):
         raise ValueError(f"--normalization must be caffe or imagenet, got {args.normalization!r}")
-    if args.mixed_precision not in ("no", "fp16", "bf16"):
+    if args.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
     if args.batch_size < 1 or args.num_pictures < 0:
         raise ValueError("--batch_size must be at least 1 and --num_pictures at least 0")
@@ -693,6 +782,8 @@ def evaluate_and_write(
             result.predictions,
             evaluator.label_space,
             output_dir / PREDICTIONS_DIR / result.key,
+            figures_folder=output_dir / FIGURES_DIR / result.key,
+            title=result.title,
         )
     document = metrics_document(evaluator, results, snapshots)
     if accelerator.is_main_process:

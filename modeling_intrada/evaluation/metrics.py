@@ -324,23 +324,7 @@ def scores_from_confusion_matrix(
         ValueError: If the matrix is not square, holds negative or non-integer counts, or does not
             fit the protocol.
     """
-    matrix = (
-        confusion.detach().cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
-    )
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-        raise ValueError(
-            f"A confusion matrix must be a non-empty square C x C array, got shape {matrix.shape}"
-        )
-    # Counts may arrive as floats (e.g. summed by a JSON round trip); they must still be whole numbers.
-    whole = np.issubdtype(matrix.dtype, np.integer) or (
-        np.issubdtype(matrix.dtype, np.floating)
-        and bool(np.all(np.isfinite(matrix) & (matrix == np.round(matrix))))
-    )
-    if not whole:
-        raise ValueError(f"A confusion matrix holds pixel counts (whole numbers), got dtype {matrix.dtype}")
-    if (matrix < 0).any():
-        raise ValueError("A confusion matrix holds pixel counts: found negative entries")
-    matrix = matrix.astype(np.float64)
+    matrix = _checked_matrix(confusion)
     chosen = get_protocol(protocol, matrix.shape[0])
     diag = np.diag(matrix)
     rows, cols = matrix.sum(axis=1), matrix.sum(axis=0)
@@ -360,6 +344,58 @@ def scores_from_confusion_matrix(
         pixel_accuracy=float(diag.sum() / total) if total else math.nan,
         num_pixels=int(total),
     )
+
+
+def _checked_matrix(confusion: Any) -> np.ndarray:
+    """The confusion matrix as float64 numpy, or a ValueError saying what is wrong with it."""
+    matrix = (
+        confusion.detach().cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
+    )
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(
+            f"A confusion matrix must be a non-empty square C x C array, got shape {matrix.shape}"
+        )
+    # Counts may arrive as floats (e.g. summed by a JSON round trip); they must still be whole numbers.
+    whole = np.issubdtype(matrix.dtype, np.integer) or (
+        np.issubdtype(matrix.dtype, np.floating)
+        and bool(np.all(np.isfinite(matrix) & (matrix == np.round(matrix))))
+    )
+    if not whole:
+        raise ValueError(f"A confusion matrix holds pixel counts (whole numbers), got dtype {matrix.dtype}")
+    if (matrix < 0).any():
+        raise ValueError("A confusion matrix holds pixel counts: found negative entries")
+    return matrix.astype(np.float64)
+
+
+def evaluate_mean_iou_results(confusion: Any, nan_to_num: float | None = None) -> dict[str, Any]:
+    """The five results of `evaluate.load("mean_iou")`, with its names and types, from a C x C confusion matrix.
+
+    Over all C classes (evaluate has no protocol): `mean_iou` and `mean_accuracy` (nanmeans, `np.float64`),
+    `overall_accuracy` (correct over labelled pixels), `per_category_iou` and `per_category_accuracy`
+    (float64 arrays of length C, NaN for a class absent from labels and predictions, resp. never labelled).
+
+    Args:
+        confusion: The matrix (rows ground truth), as in `scores_from_confusion_matrix`.
+        nan_to_num: When given, every NaN in the five results is replaced by it (`np.nan_to_num`), as
+            evaluate does.
+    """
+    matrix = _checked_matrix(confusion)
+    diag = np.diag(matrix)
+    rows, cols = matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = diag / (rows + cols - diag)
+        accuracy = diag / rows
+        overall = diag.sum() / rows.sum()
+    results = {
+        "mean_iou": np.float64(_nanmean(iou)),
+        "mean_accuracy": np.float64(_nanmean(accuracy)),
+        "overall_accuracy": np.float64(overall),
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+    }
+    if nan_to_num is not None:
+        results = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in results.items()}
+    return results
 
 
 class MeanIoU:
@@ -509,7 +545,11 @@ def _format_percent(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.{digits}f}"
 
 
-def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores], digits: int = 1) -> str:
+def markdown_table(
+    results: SegmentationScores | Mapping[str, SegmentationScores],
+    digits: int = 1,
+    extra_columns: Mapping[str, Sequence[float]] | None = None,
+) -> str:
     """A markdown table like the paper's Table 1: one row per named result, classes as columns, mIoU last.
 
     IoUs are in percent; a class absent from labels and predictions shows as "n/a".
@@ -517,6 +557,8 @@ def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores
     Args:
         results: One `SegmentationScores`, or several keyed by the row name (e.g. "AdvEnt", "IntraDA").
         digits: Decimals shown.
+        extra_columns: Further columns after the mIoU, header -> one fraction per row (e.g. the mIoU of
+            another protocol).
 
     Raises:
         ValueError: If the results do not share the same classes (same protocol and names).
@@ -532,9 +574,14 @@ def markdown_table(results: SegmentationScores | Mapping[str, SegmentationScores
                 f"Results {first_name!r} and {name!r} have different classes (protocols {first.protocol!r} "
                 f"and {scores.protocol!r}): make one table per protocol"
             )
-    header = ["", *first.class_names, f"mIoU ({first.protocol})"]
+    extra_columns = dict(extra_columns or {})
+    for header, values in extra_columns.items():
+        if len(values) != len(results):
+            raise ValueError(f"Column {header!r} has {len(values)} values for {len(results)} rows")
+    header = ["", *first.class_names, f"mIoU ({first.protocol})", *extra_columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for name, scores in results.items():
-        cells = [_format_percent(v, digits) for v in [*scores.per_class_iou, scores.mean_iou]]
+    for row, (name, scores) in enumerate(results.items()):
+        extras = [values[row] for values in extra_columns.values()]
+        cells = [_format_percent(v, digits) for v in [*scores.per_class_iou, scores.mean_iou, *extras]]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_intrada.data.datasets import load_split
+from modeling_intrada.data.datasets import ColumnLayout, load_split
 from modeling_intrada.evaluation.metrics import MeanIoU, SegmentationScores
 from modeling_intrada.labels import build_lut
 from modeling_intrada.method.losses import entropy_map, upsample_logits
@@ -35,10 +35,14 @@ class EvaluationSplit(torch.utils.data.Dataset):
         max_images: int | None = None,
         with_labels: bool = True,
         label_mapping: Mapping[int, int] | None = None,
+        layout: ColumnLayout | None = None,
     ) -> None:
-        dataset = load_split(source, config, split)
+        dataset = load_split(source, config, split, layout=layout)
         # e.g. Cityscapes' 19 train ids -> SYNTHIA's 16 classes for a SYNTHIA-trained model; others -> 255.
         self.label_lut = build_lut(label_mapping, 256) if label_mapping is not None else None
+        coding = layout.label_lut() if layout is not None else None
+        if coding is not None:  # label ids -> train ids first, then the mapping between spaces
+            self.label_lut = coding if self.label_lut is None else self.label_lut[coding]
         if with_labels and "label" not in dataset.column_names:
             raise ValueError(
                 f"{source} ({config or 'default'}/{split}) has no 'label' column: evaluation needs a labelled split"

@@ -144,6 +144,8 @@ class MeasuredResult:
         num_images: how many images were evaluated, when known.
         first_images: N when only the first N images of the split were evaluated, else None.
         source: the metrics file it was read from.
+        labelled_classes: the classes the evaluated dataset labels when it labels only some of the
+            protocol's (the synthetic pair's 9), else None; the card's table shows those.
     """
 
     title: str
@@ -161,6 +163,7 @@ class MeasuredResult:
     num_images: int | None
     first_images: int | None
     source: str
+    labelled_classes: tuple[str, ...] | None = None
 
     @property
     def selected_with_validation_labels(self) -> bool:
@@ -246,6 +249,11 @@ def read_metrics_file(path: str | Path, run_dir: str | Path | None = None) -> li
             num_images=dataset.get("num_images"),
             first_images=dataset.get("max_images"),
             source=source,
+            labelled_classes=(
+                tuple(dataset["dataset_classes_labelled"])
+                if dataset.get("dataset_classes_labelled")
+                else None
+            ),
         )
         for key, entry in data["results"].items()
         for protocol, scores in entry["scores"].items()
@@ -485,10 +493,25 @@ def results_section(results: Sequence[MeasuredResult]) -> str:
             f"Protocol **{protocol}**, on `{evaluation_set}`{count}, predictions at the full label resolution:",
             "",
         ]
-        lines += ["| | " + " | ".join(first.class_names) + f" | mIoU ({protocol}) |"]
-        lines += ["|:---|" + "---:|" * (len(first.class_names) + 1)]
+        shown = [
+            c for c in first.class_names if first.labelled_classes is None or c in first.labelled_classes
+        ]
+        own = [] if len(shown) == len(first.class_names) else [f"mIoU ({len(shown)} classes)"]
+        if own:
+            lines += [
+                f"Columns: the {len(shown)} classes the dataset labels; mIoU ({protocol}) averages the "
+                f"protocol's {len(first.class_names)} classes (a class never labelled counts 0 when predicted).",
+                "",
+            ]
+        lines += ["| | " + " | ".join([*shown, *own]) + f" | mIoU ({protocol}) |"]
+        lines += ["|:---|" + "---:|" * (len(shown) + len(own) + 1)]
         for r in rows:
-            cells = [_percent(v) for v in r.per_class_iou] + [f"**{_percent(r.mean_iou)}**"]
+            ious = dict(zip(r.class_names, r.per_class_iou, strict=True))
+            cells = [_percent(ious[c]) for c in shown]
+            if own:
+                defined = [ious[c] for c in shown if ious[c] is not None and not math.isnan(ious[c])]
+                cells.append(_percent(sum(defined) / len(defined) if defined else None))
+            cells.append(f"**{_percent(r.mean_iou)}**")
             lines.append(f"| {_result_name(r)} | " + " | ".join(cells) + " |")
         lines.append("")
     if any(r.selected_with_validation_labels for r in results):

@@ -32,7 +32,7 @@ from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
 from modeling_intrada.method.ranking import check_lambda
-from modeling_intrada.run_layout import TRAINING_STAGES
+from modeling_intrada.run_layout import LOGS_DIR, TRAINING_STAGES
 from modeling_intrada.training.stage_loop import StageSettings
 
 # The stages of each task, in the order `--stage all` runs them.
@@ -131,7 +131,13 @@ class RunArguments:
     )
     batch_size: int = field(default=1, metadata={"help": "images per domain per process per micro-step"})
     eval_batch_size: int = field(default=1)
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | fp16 | bf16 (default: what `accelerate launch --mixed_precision` or the saved "
+            "`accelerate config` set, else no)"
+        },
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's)"})
     keep_freed_memory: bool = field(
         default=True,
@@ -152,6 +158,24 @@ class RunArguments:
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "model repository user/name to push to"})
     hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repositories private"})
+    hub_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub token for --push_to_hub (default: the HF_TOKEN environment variable, else the token "
+            "saved by `hf auth login`); never written to config.yaml or the trackers"
+        },
+    )
+    logging_dir: str = field(
+        default=LOGS_DIR,
+        metadata={"help": "the trackers' folder; a relative path is under --output_dir (default: logs)"},
+    )
+    tracker_project_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "the trackers' project (default: one per stage, named after it); each stage, and the "
+            "evaluation, logs as a run named after the stage"
+        },
+    )
 
 
 @dataclass
@@ -194,6 +218,22 @@ class SegmentationArguments:
         default=None,
         metadata={
             "help": "label space name (cityscapes, synthia16, camvid, ...); None: read from the target dataset"
+        },
+    )
+    image_column_name: str = field(
+        default="image",
+        metadata={
+            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
+        },
+    )
+    label_column_name: str = field(
+        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
+    )
+    label_ids: str = field(
+        default="train_ids",
+        metadata={
+            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
+            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
         },
     )
     normalization: str | None = field(
@@ -442,7 +482,7 @@ def validate(args: Arguments) -> None:
         if stage in TASK_STAGES[run.task]:
             stage_settings(args, stage)  # raises on a stage that cannot train (e.g. nothing to learn)
     check_lambda(run.lambda_easy)
-    if run.mixed_precision not in ("no", "fp16", "bf16"):
+    if run.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {run.mixed_precision!r}")
     if run.batch_size < 1 or run.eval_batch_size < 1:
         raise ValueError("batch sizes must be at least 1")
@@ -498,9 +538,15 @@ def validate_digits(args: Arguments) -> None:
         raise ValueError("--push_to_hub publishes segmentation runs only; digits runs stay local")
 
 
+# Options that must not be saved with the outputs nor sent to the trackers.
+SECRET_OPTIONS = ("hub_token",)
+
+
 def run_config(args: Arguments) -> dict[str, Any]:
     """Every option the run's task reads, for `config.yaml` next to the outputs and the trackers."""
     values: dict[str, Any] = {}
     for arguments in (args.run, args.settings, getattr(args, args.run.task)):
         values.update(dataclasses.asdict(arguments))
+    for name in SECRET_OPTIONS:
+        values.pop(name, None)
     return values

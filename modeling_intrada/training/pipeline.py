@@ -46,19 +46,55 @@ def make_accelerator(run: Run, stage: str, framework: str) -> Accelerator:
     last layer, so in multi-process runs DDP must be told that some parameters get no gradient in the
     synchronising backward (their source gradients, accumulated under `no_sync`, are still reduced)."""
     args = run.args
+    project = args.run.tracker_project_name
+    logging_dir = run.layout.output_dir / args.run.logging_dir  # an absolute --logging_dir stays as given
     accelerator = Accelerator(
         mixed_precision=args.run.mixed_precision,
         gradient_accumulation_steps=args.settings.gradient_accumulation_steps,
         log_with=args.run.report_to,
-        project_dir=str(run.layout.logs_dir),
+        # One folder per stage either way: each stage counts its steps from 0.
+        project_dir=str(logging_dir if project is None else logging_dir / stage),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=framework == "feature")],
     )
     if args.run.report_to:
         config = {
             k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config(args).items()
         }
-        accelerator.init_trackers(stage, config=config)
+        init_kwargs = {} if project is None else {"wandb": {"name": stage}}
+        accelerator.init_trackers(project or stage, config=config, init_kwargs=init_kwargs)
     return accelerator
+
+
+def evaluation_scalars(document: dict) -> dict[str, float]:
+    """The evaluation's numbers as tracker scalars: per result, each protocol's mIoU and per-class IoUs
+    (`eval/<result>/<protocol>/mean_iou`, `.../iou/<class>`), and any other number of a result (digits'
+    accuracies)."""
+    rows = document.get("results", document)
+    scalars: dict[str, float] = {}
+    for key, row in rows.items():
+        if not isinstance(row, dict):
+            continue
+        for protocol, scores in (row.get("scores") or {}).items():
+            prefix = f"eval/{key}/{protocol}"
+            if scores.get("mean_iou") is not None:
+                scalars[f"{prefix}/mean_iou"] = float(scores["mean_iou"])
+            for name, iou in zip(scores.get("class_names", []), scores.get("per_class_iou", [])):
+                if iou is not None:
+                    scalars[f"{prefix}/iou/{name}"] = float(iou)
+        for name, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "iteration":
+                scalars[f"eval/{key}/{name}"] = float(value)
+    return scalars
+
+
+def log_evaluation(run: Run, document: dict) -> None:
+    """Send the evaluation's mIoU and per-class IoU to the trackers of --report_to, as the run "eval"."""
+    if not run.args.run.report_to:
+        return
+    accelerator = make_accelerator(run, "eval", framework="")
+    accelerator.log(evaluation_scalars(document), step=0)
+    for tracker in accelerator.trackers:  # not `end_training`: it would also end the process group
+        tracker.finish()
 
 
 def adaptation_stage(run: Run, stage: str) -> Path:
@@ -120,7 +156,8 @@ def rank_stage(run: Run) -> Path:
         batches,
         lambda_easy=options.lambda_easy,
         device=accelerator.device,
-        autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.mixed_precision),
+        # The Accelerator's precision: the option when given, else the launcher's (accelerate launch, config).
+        autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision),
         accelerator=accelerator,
         **run.ranking_options(),
     )
@@ -179,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             rank_stage(run)
         elif stage == "eval":
             results = run.evaluate()
+            log_evaluation(run, results)
         else:
             adaptation_stage(run, stage)
         if process_state().is_main_process:
@@ -192,5 +230,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             options.hub_model_id,
             ranking_repo_id=ranking_repo_id,
             private=options.hub_private_repo,
+            token=options.hub_token,
         )
     return results

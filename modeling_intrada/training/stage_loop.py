@@ -8,9 +8,7 @@ logging) lives in the other methods.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from modeling_intrada.method.adaptation import (
@@ -30,10 +29,10 @@ from modeling_intrada.method.adaptation import (
     set_learning_rate,
 )
 from modeling_intrada.method.losses import adversarial_loss
-from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR
+from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, checkpoint_name, checkpoint_step
 
-logger = logging.getLogger(__name__)
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
+# Accelerate's adapter: the loop's messages once, from the main process, not once per process.
+logger = get_logger(__name__)
 STATE_FILE = "loop_state.json"
 
 
@@ -439,9 +438,17 @@ class AdaptationStage:
         return self.output_dir / CHECKPOINTS_DIR
 
     def save_checkpoint(self) -> Path:
-        """`save_state` (models, optimizers, scaler, RNG) plus the loop position, atomically renamed."""
+        """`save_state` (models, optimizers, scaler, RNG) plus the loop position into `checkpoint-<step>`,
+        written under a temporary name and renamed into place.
+
+        Not Accelerate's `ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=K)`: it numbers
+        folders by save count (`checkpoint_<k>`), not by step, writes them in place, so that a run killed
+        mid-save leaves a partial folder that `load_state()` would then pick as the latest, and counts
+        such a folder against `total_limit`. Here only complete checkpoints (with `loop_state.json`) are
+        listed, resumed from and kept (`checkpoints_total_limit`).
+        """
         acc = self.accelerator
-        final = self.checkpoint_dir() / f"checkpoint_{self.completed_steps:06d}"
+        final = self.checkpoint_dir() / checkpoint_name(self.completed_steps)
         temporary = final.with_name(final.name + ".incomplete")
         acc.save_state(str(temporary))
         acc.wait_for_everyone()  # every process writes its RNG state there: all must be done before the rename
@@ -450,6 +457,7 @@ class AdaptationStage:
                 "iteration": self.completed_steps,
                 "micro_step": self.micro_step,
                 "num_processes": acc.num_processes,
+                "mixed_precision": acc.mixed_precision,  # the option, else the launcher's setting
             }
             (temporary / STATE_FILE).write_text(json.dumps(state) + "\n")
             if final.exists():
@@ -463,7 +471,7 @@ class AdaptationStage:
         limit = self.settings.checkpoints_total_limit
         if not limit:
             return
-        for old in sorted(list_checkpoints(self.checkpoint_dir()))[:-limit]:
+        for old in list_checkpoints(self.checkpoint_dir())[:-limit]:
             shutil.rmtree(old)
 
     def load_checkpoint(self, which: str) -> None:
@@ -496,11 +504,13 @@ class AdaptationStage:
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in `folder` (`checkpoint-<step>`; `checkpoint_<step>` is read too), by step."""
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name) and (p / STATE_FILE).is_file()
-    )
+    found = [
+        p for p in folder.iterdir() if checkpoint_step(p.name) is not None and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: checkpoint_step(p.name))  # by step: "checkpoint-100" after "-20"
 
 
 def resolve_checkpoint(which: str, folder: Path) -> Path:

@@ -7,6 +7,7 @@ discriminator sees), then `DigitClassifier`, which adds ReLU -> dropout -> fc `n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os import PathLike
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,17 @@ class DigitClassifierPreTrainedModel(PreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+
+    def save_pretrained(self, save_directory: str | PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `AutoModel` in the saved `auto_map` beside the task class.
+
+        `register_for_auto_class` records one Auto class per model class, and a folder loaded with
+        `trust_remote_code=True` in a Python without this package should answer `AutoModel` as well.
+        """
+        if self._auto_class is not None and self._auto_class != "AutoModel":
+            reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": reference}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class DigitClassifier(DigitClassifierPreTrainedModel):

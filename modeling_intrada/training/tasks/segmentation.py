@@ -22,15 +22,22 @@ from modeling_intrada import (
     FCDiscriminator,
     FCDiscriminatorConfig,
 )
-from modeling_intrada.data.datasets import SegmentationDataset, build_segmentation_dataset, read_label_space
+from modeling_intrada.data.datasets import (
+    ColumnLayout,
+    SegmentationDataset,
+    build_segmentation_dataset,
+    is_built_dataset,
+    read_label_space,
+)
 from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.evaluation.evaluator import (
     Candidate,
     EvaluationArguments,
     evaluate_and_write,
 )
+from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit
-from modeling_intrada.labels import colorize, get_label_space
+from modeling_intrada.labels import get_label_space
 from modeling_intrada.method.adaptation import SegmentationTask
 from modeling_intrada.method.losses import entropy_map
 from modeling_intrada.method.ranking import RankingResult, load_ranking
@@ -58,9 +65,18 @@ class SegmentationRun(Run):
             self.source = resolve_dataset_name(run.source_dataset, options)
             self.target = resolve_dataset_name(run.target_dataset, options)
             self.val = resolve_dataset_name(seg.val_dataset, options) if seg.val_dataset else None
-        self.label_space = (
-            get_label_space(seg.label_space) if seg.label_space else read_label_space(self.target)
-        )
+        # Datasets of other publishers (Hub Parquet): their columns from the options, their classes Cityscapes'.
+        layout = ColumnLayout(seg.image_column_name, seg.label_column_name, seg.label_ids)
+        self.layouts = {
+            name: (None if is_built_dataset(name) else layout)
+            for name in (self.source, self.target, self.val)
+            if name
+        }
+        if seg.label_space:
+            self.label_space = get_label_space(seg.label_space)
+        else:
+            built = self.layouts[self.target] is None
+            self.label_space = read_label_space(self.target) if built else get_label_space("cityscapes")
         self.normalization = seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
         self.rare_train_ids = (
             list(seg.rare_train_ids)
@@ -116,6 +132,7 @@ class SegmentationRun(Run):
             hflip=seg.hflip,
             with_labels=with_labels,
             seed=self.args.settings.seed,
+            layout=self.layouts[name],
         )
 
     def training_inputs(
@@ -146,13 +163,22 @@ class SegmentationRun(Run):
         )
 
     def picture(self, source: dict, target: dict | None, outputs) -> np.ndarray:
-        """Target image | prediction in colour | entropy map, for TensorBoard."""
-        batch, level = (target, outputs[1]) if target is not None else (source, outputs[0])
+        """For TensorBoard: the target image (else the source's), its prediction, its labels when it has
+        some, and its entropy map, titled, with a legend of the classes and the entropy's colour bar."""
+        domain, batch, level = (
+            ("target", target, outputs[1]) if target is not None else ("source", source, outputs[0])
+        )
         logits = level[-1].logits[:1].detach().float()
         image = denormalize(batch["pixel_values"][0].cpu().numpy(), self.normalization)
-        prediction = colorize(logits.argmax(1)[0].cpu().numpy().astype(np.uint8), self.label_space)
-        entropy = (entropy_map(logits)[0].cpu().numpy() * 255).astype(np.uint8)
-        return np.concatenate([image, prediction, np.repeat(entropy[:, :, None], 3, axis=2)], axis=1)
+        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        label = batch["labels"][0].cpu().numpy() if batch.get("labels") is not None else None
+        if label is not None and label.shape != prediction.shape:
+            label = None  # labels at another resolution than the logits: not comparable pixel for pixel
+        entropy = entropy_map(logits)[0].cpu().numpy()
+        title = f"{domain} image" + ("" if label is not None else " (no labels)")
+        return segmentation_figure(
+            image, prediction, self.label_space, label=label, entropy=entropy, title=title
+        )
 
     # -------------------------------------------------------------------------------- ranking
     def ranking_images(self) -> EvaluationSplit:
@@ -164,6 +190,7 @@ class SegmentationRun(Run):
             seg.target_size,
             self.normalization,
             with_labels=False,
+            layout=self.layouts[self.target],
         )
 
     def ranking_options(self) -> dict[str, Any]:
@@ -227,6 +254,9 @@ class SegmentationRun(Run):
             input_size=list(seg.target_size),
             normalization=self.normalization,
             label_space=seg.label_space,
+            image_column_name=seg.image_column_name,
+            label_column_name=seg.label_column_name,
+            label_ids=seg.label_ids,
             protocols=seg.eval_protocols,
             batch_size=run.eval_batch_size,
             num_workers=run.num_workers,
