@@ -119,7 +119,11 @@ def batch(args, device: torch.device) -> tuple[dict, dict]:
 
 def add_fast_path_options(parser: argparse.ArgumentParser) -> None:
     """The candidate fast paths of ours (StageSettings and DeepLabV2Config options), off by default."""
-    parser.add_argument("--atrous_implementation", choices=["dilated", "space_to_batch"], default="dilated")
+    parser.add_argument(
+        "--atrous_implementation",
+        choices=["dilated", "space_to_batch", "space_to_batch_backbone"],
+        default="dilated",
+    )
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     parser.add_argument("--compile_discriminator_input", action="store_true")
     parser.add_argument(

@@ -51,15 +51,18 @@ def test_space_to_batch_equals_the_dilated_convolution(dilation, channels_last):
         torch.testing.assert_close(ours_grad, grad, rtol=1e-12, atol=1e-12)
 
 
-def test_space_to_batch_deeplab_gives_the_same_logits_and_gradients(one_thread):
+@pytest.mark.parametrize("implementation", ["space_to_batch", "space_to_batch_backbone"])
+def test_space_to_batch_deeplab_gives_the_same_logits_and_gradients(one_thread, implementation):
     # float64: the two implementations sum in different orders, and through 50 layers with batch-statistics
     # BatchNorm the fp32 rounding reaches a few 1e-5; in float64 any difference in the arithmetic would show.
     torch.manual_seed(0)
     plain = DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone="resnet50", num_labels=NUM_CLASSES))
     config = DeepLabV2Config(
-        backbone="resnet50", num_labels=NUM_CLASSES, atrous_implementation="space_to_batch"
+        backbone="resnet50", num_labels=NUM_CLASSES, atrous_implementation=implementation
     )
     fast = DeepLabV2ForSemanticSegmentation(config)
+    switched = {m.dilation[0] for m in fast.modules() if getattr(m, "space_to_batch", False)} - {1}
+    assert switched == ({2, 4, 6, 12, 18, 24} if implementation == "space_to_batch" else {2, 4})
     fast.load_state_dict(plain.state_dict())
     plain, fast = plain.double(), fast.double()
     pixel_values = torch.randn(1, 3, 41, 57, dtype=torch.float64)

@@ -6,7 +6,7 @@ from transformers import PreTrainedConfig
 
 RESNET_DEPTHS = {"resnet101": (3, 4, 23, 3), "resnet50": (3, 4, 6, 3)}
 BN_MODES = ("reference", "frozen")
-ATROUS_IMPLEMENTATIONS = ("dilated", "space_to_batch")
+ATROUS_IMPLEMENTATIONS = ("dilated", "space_to_batch", "space_to_batch_backbone")
 TIMM_PREFIX = "timm:"
 
 
@@ -43,6 +43,8 @@ class DeepLabV2Config(PreTrainedConfig):
             TensorFlow implements atrous convolution, the padded input is split into `dilation x dilation`
             phase images stacked on the batch axis, convolved densely (dilation 1) and interleaved back. Same
             weights and the same result up to float rounding; which is faster depends on the device's kernels.
+            `"space_to_batch_backbone"`: space-to-batch in layer3 and layer4 only, the ASPP dilated (its
+            dilations of up to 24 exceed small feature maps, where the phase images are mostly padding).
 
     Example:
 

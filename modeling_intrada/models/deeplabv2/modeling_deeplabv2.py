@@ -311,9 +311,11 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 for parameter in module.parameters(recurse=False):
                     parameter.requires_grad_(False)
-        for module in self.modules():
-            if isinstance(module, AtrousConv2d):
-                module.space_to_batch = config.atrous_implementation == "space_to_batch"
+        space_to_batch = {"space_to_batch": self, "space_to_batch_backbone": self.backbone}
+        if config.atrous_implementation in space_to_batch:
+            for module in space_to_batch[config.atrous_implementation].modules():
+                if isinstance(module, AtrousConv2d):
+                    module.space_to_batch = True
         self.post_init()
 
     def train(self, mode: bool = True) -> DeepLabV2ForSemanticSegmentation:
