@@ -49,15 +49,20 @@ def build_ours(args, device: torch.device):
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=PRECISIONS[args.precision], cpu=device.type == "cpu")
     generator = DeepLabV2ForSemanticSegmentation(
-        DeepLabV2Config(backbone=args.backbone, num_labels=args.num_labels, multi_level=not args.single_level)
-    )
+        DeepLabV2Config(
+            backbone=args.backbone, num_labels=args.num_labels, multi_level=not args.single_level,
+            atrous_implementation=args.atrous_implementation,
+        )
+    )  # fmt: skip
     levels = 1 if args.single_level else 2
     discriminators = [
         FCDiscriminator(FCDiscriminatorConfig(num_channels=args.num_labels)) for _ in range(levels)
     ]
     settings = StageSettings(
         framework=args.framework, num_iterations=1, max_iters=250_000, channels_last=args.channels_last,
-        torch_compile=args.compile, snapshot_steps=None,
+        torch_compile=args.compile, torch_compile_mode=args.compile_mode, snapshot_steps=None,
+        compile_discriminator_input=args.compile_discriminator_input,
+        optimizer_implementation=args.optimizer_implementation, autocast_policy=args.autocast_policy,
     )  # fmt: skip
     stage = AdaptationStage(
         accelerator, SegmentationTask(framework=args.framework, multi_level=not args.single_level), generator,
@@ -110,6 +115,28 @@ def batch(args, device: torch.device) -> tuple[dict, dict]:
         "pixel_values": torch.randn(args.batch_size, 3, *args.target_size, generator=generator).to(device)
     }
     return source, target
+
+
+def add_fast_path_options(parser: argparse.ArgumentParser) -> None:
+    """The candidate fast paths of ours (StageSettings and DeepLabV2Config options), off by default."""
+    parser.add_argument(
+        "--atrous_implementation",
+        choices=["dilated", "space_to_batch", "space_to_batch_backbone"],
+        default="dilated",
+    )
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
+    parser.add_argument("--compile_discriminator_input", action="store_true")
+    parser.add_argument(
+        "--optimizer_implementation", choices=["default", "foreach", "fused"], default="default"
+    )
+    parser.add_argument("--autocast_policy", choices=["default", "fp32_batchnorm"], default="default")
+
+
+def fast_path_options(args: argparse.Namespace) -> dict:
+    """The fast-path options of `args`, for the JSON lines."""
+    names = ("atrous_implementation", "compile_mode", "compile_discriminator_input", "optimizer_implementation",
+             "autocast_policy")  # fmt: skip
+    return {name: getattr(args, name) for name in names}
 
 
 RAW = "raw-seconds: "
@@ -192,6 +219,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    add_fast_path_options(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
@@ -230,6 +258,7 @@ def main() -> None:
                 "precision": args.precision,
                 "channels_last": args.channels_last,
                 "compile": args.compile,
+                **fast_path_options(args),
                 "allocator": args.allocator if device.type == "cpu" else "cuda",
                 "s_per_iter_median": median(seconds[name]),
                 "s_per_iter_min": min(seconds[name]),

@@ -128,7 +128,7 @@ def predictions_picture(models: dict[str, Path], data: Path, path: Path, frames:
 def one_seed(seed: int, args, data: Path) -> dict:
     out = args.output_dir / f"seed{seed}"
     base = ["--config", str(CONFIG), "--seed", str(seed), "--num_iterations", str(args.iterations),
-            "--max_iters", str(args.iterations), "--num_workers", "0",
+            "--max_iters", str(args.iterations), "--num_workers", str(args.num_workers),
             "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data),
             *(["--bn_mode", args.bn_mode] if args.bn_mode else [])]  # fmt: skip
     if args.threads:
@@ -261,12 +261,27 @@ def main() -> None:
         "--output_dir", type=Path, default=None, help="default outputs/camvid_study[_bn_<mode>]"
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--num_workers", type=int, default=0, help="data-loading workers per stream")
+    parser.add_argument(
+        "--summarize_only", action="store_true",
+        help="run nothing: write the table of the seeds already finished in output_dir (seeds run apart)",
+    )  # fmt: skip
     parser.add_argument("--no_docs", action="store_true", help="do not write the table into docs/camvid.md")
     args = parser.parse_args()
     if args.output_dir is None:
         args.output_dir = ROOT / "outputs" / study_name(args.bn_mode)
-    data = build_dataset(args.raw, args.built)
     per_seed = []
+    if args.summarize_only:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            result_file = args.output_dir / f"seed{seed}" / "result.json"
+            if result_file.is_file():
+                per_seed.append(
+                    {**json.loads(result_file.read_text()), "seconds": seed_seconds(result_file.parent)}
+                )
+        if per_seed:
+            write_outputs(per_seed, args)
+        return
+    data = build_dataset(args.raw, args.built)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         result_file = args.output_dir / f"seed{seed}" / "result.json"
         if result_file.is_file():  # resumable: a finished seed (or one run apart) is read, not run again

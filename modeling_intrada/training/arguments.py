@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import yaml
 from transformers import HfArgumentParser
 
-from modeling_intrada import DigitClassifierConfig
+from modeling_intrada import DeepLabV2Config, DigitClassifierConfig
 from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
@@ -200,6 +200,10 @@ class SegmentationArguments:
         default=True, metadata={"help": "auxiliary ASPP head and discriminator on layer3"}
     )
     bn_mode: str = field(default="reference", metadata={"help": "reference (BN follows train/eval) | frozen"})
+    atrous_implementation: str = field(
+        default="dilated",
+        metadata={"help": "dilated | space_to_batch: how DeepLab-v2's dilated 3x3 convolutions are computed"},
+    )
     source_config: str | None = field(
         default="source", metadata={"help": "configuration of the source dataset"}
     )
@@ -508,6 +512,7 @@ def validate_segmentation(args: Arguments) -> None:
             raise ValueError(f"--{name} takes HEIGHT WIDTH, got {size}")
     if seg.normalization not in (None, "caffe", "imagenet"):
         raise ValueError(f"--normalization must be caffe or imagenet, got {seg.normalization!r}")
+    DeepLabV2Config(atrous_implementation=seg.atrous_implementation)  # raises on an unknown implementation
 
 
 def validate_digits(args: Arguments) -> None:

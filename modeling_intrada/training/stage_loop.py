@@ -33,6 +33,9 @@ from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, checkpoi
 
 # Accelerate's adapter: the loop's messages once, from the main process, not once per process.
 logger = get_logger(__name__)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZER_IMPLEMENTATIONS = ("default", "foreach", "fused")
+AUTOCAST_POLICIES = ("default", "fp32_batchnorm")
 STATE_FILE = "loop_state.json"
 
 
@@ -64,6 +67,14 @@ class StageSettings:
         seed: data order and initialisation.
         channels_last: NHWC memory format for the networks and inputs (faster convolutions on GPUs).
         torch_compile: `torch.compile` the generator and the discriminators.
+        torch_compile_mode: the `mode` of `torch.compile` (None: its default); `reduce-overhead` replays the
+            static-shape graphs as CUDA graphs (each iteration is marked as a new CUDA-graph step).
+        compile_discriminator_input: `torch.compile` the map the discriminators see (softmax and
+            self-information at full resolution), so that it runs as fused kernels.
+        optimizer_implementation: default (PyTorch's choice) | foreach | fused, for G's and D's optimizers.
+        autocast_policy: default | fp32_batchnorm: under mixed precision, the generator's BatchNorm layers
+            compute (and keep their statistics) in float32 while convolutions run in the lower precision;
+            the self-information and the losses are float32 in both.
     """
 
     framework: str = field(
@@ -112,6 +123,21 @@ class StageSettings:
     torch_compile: bool = field(
         default=False, metadata={"help": "torch.compile the generator and discriminators"}
     )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": f"with torch_compile: {' | '.join(COMPILE_MODES)} (None: torch's default)"},
+    )
+    compile_discriminator_input: bool = field(
+        default=False, metadata={"help": "torch.compile the discriminator input (softmax + self-information)"}
+    )
+    optimizer_implementation: str = field(
+        default="default",
+        metadata={"help": f"{' | '.join(OPTIMIZER_IMPLEMENTATIONS)} (G's and D's optimizers)"},
+    )
+    autocast_policy: str = field(
+        default="default",
+        metadata={"help": "default | fp32_batchnorm (BatchNorm in float32 under bf16/fp16 autocast)"},
+    )
 
     def __post_init__(self) -> None:
         check_framework(self.framework)
@@ -129,6 +155,26 @@ class StageSettings:
             raise ValueError(f"disc_betas takes two numbers, got {self.disc_betas}")
         if not self.segmentation_loss and self.framework == "source_only":
             raise ValueError("source_only without the segmentation loss trains nothing")
+        if self.torch_compile_mode is not None and self.torch_compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"torch_compile_mode must be one of {COMPILE_MODES}, got {self.torch_compile_mode!r}"
+            )
+        if self.torch_compile_mode is not None and not self.torch_compile:
+            raise ValueError("torch_compile_mode is set but torch_compile is not: add --torch_compile true")
+        if self.optimizer_implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            raise ValueError(
+                f"optimizer_implementation must be one of {OPTIMIZER_IMPLEMENTATIONS}, "
+                f"got {self.optimizer_implementation!r}"
+            )
+        if self.optimizer_implementation != "default" and self.reference_duplicate_params:
+            raise ValueError(
+                "reference_duplicate_params compares against the plain per-tensor update; use it with "
+                "optimizer_implementation default"
+            )
+        if self.autocast_policy not in AUTOCAST_POLICIES:
+            raise ValueError(
+                f"autocast_policy must be one of {AUTOCAST_POLICIES}, got {self.autocast_policy!r}"
+            )
 
     @property
     def schedule_length(self) -> int:
@@ -142,6 +188,34 @@ class StageSettings:
     @property
     def uses_target(self) -> bool:
         return self.framework != "source_only"
+
+
+def batchnorm_in_float32(model: torch.nn.Module) -> None:
+    """Under autocast, run every BatchNorm of `model` on a float32 copy of its input, output cast back.
+
+    Autocast leaves batch norm in its input's precision; with these hooks the batch statistics, the running
+    statistics and the normalisation are float32, while the convolutions around stay in the autocast dtype.
+    Without autocast the hooks do nothing.
+    """
+
+    def to_float32(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = inputs[0]
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float32:
+            return (x.float(), *inputs[1:])
+        return inputs
+
+    def to_autocast_dtype(
+        module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor:
+        device_type = output.device.type
+        if torch.is_autocast_enabled(device_type):
+            return output.to(torch.get_autocast_dtype(device_type))
+        return output
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(to_float32)
+            module.register_forward_hook(to_autocast_dtype)
 
 
 def set_requires_grad(modules: Sequence[torch.nn.Module], flag: bool) -> None:
@@ -206,10 +280,17 @@ class AdaptationStage:
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         generator = generator.to(memory_format=self.memory_format)
         discriminators = [d.to(memory_format=self.memory_format) for d in discriminators]
+        if settings.autocast_policy == "fp32_batchnorm":
+            batchnorm_in_float32(generator)
 
         self.generator_optimizer = self._generator_optimizer(generator)
         self.discriminator_optimizers = [
-            torch.optim.Adam(d.parameters(), lr=settings.disc_learning_rate, betas=tuple(settings.disc_betas))
+            torch.optim.Adam(
+                d.parameters(),
+                lr=settings.disc_learning_rate,
+                betas=tuple(settings.disc_betas),
+                **self._optimizer_options(),
+            )
             for d in discriminators
         ]
         # Only the models are prepared: learning rates are set by hand from the global step (a prepared
@@ -221,8 +302,14 @@ class AdaptationStage:
             # Compiled wrappers around the prepared modules; state dicts and `unwrap_model` see the originals.
             # Static shapes: source and target sizes differ, and the default (dynamic=None) answers the second
             # size with one dynamic-shape graph, which compiles for minutes.
-            self.generator = torch.compile(self.generator, dynamic=False)
-            self.discriminators = [torch.compile(d, dynamic=False) for d in self.discriminators]
+            mode = settings.torch_compile_mode
+            self.generator = torch.compile(self.generator, dynamic=False, mode=mode)
+            self.discriminators = [torch.compile(d, dynamic=False, mode=mode) for d in self.discriminators]
+        self.discriminator_input = (
+            torch.compile(task.discriminator_input, dynamic=False)
+            if settings.compile_discriminator_input
+            else task.discriminator_input
+        )
         for optimizer in self.optimizers:
             accelerator.register_for_checkpointing(optimizer)
         self.completed_steps = 0
@@ -239,9 +326,17 @@ class AdaptationStage:
             groups = [
                 {"params": [p for p in generator.parameters() if p.requires_grad], "lr_multiplier": 1.0}
             ]
+        options = self._optimizer_options()
         if s.generator_optimizer == "adam":
-            return torch.optim.Adam(groups, lr=s.learning_rate, betas=tuple(s.disc_betas))
-        return torch.optim.SGD(groups, lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
+            return torch.optim.Adam(groups, lr=s.learning_rate, betas=tuple(s.disc_betas), **options)
+        return torch.optim.SGD(
+            groups, lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay, **options
+        )
+
+    def _optimizer_options(self) -> dict[str, bool]:
+        """`foreach=True` or `fused=True` for `optimizer_implementation`; nothing for PyTorch's default."""
+        implementation = self.settings.optimizer_implementation
+        return {} if implementation == "default" else {implementation: True}
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -282,6 +377,8 @@ class AdaptationStage:
         acc, task, s = self.accelerator, self.task, self.settings
         generator, discriminators = self.generator, self.discriminators
         losses: dict[str, torch.Tensor] = {}
+        if s.torch_compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the last iteration's graph outputs are consumed
         set_requires_grad(discriminators, False)
 
         # 1. Segmentation on the source (stage 3: easy images with pseudo labels). Without a target pass to
@@ -301,7 +398,7 @@ class AdaptationStage:
                     losses["loss_ent"] = task.minent_loss(target_out)
                 else:
                     target_maps = [
-                        task.discriminator_input(o) for o in target_out
+                        self.discriminator_input(o) for o in target_out
                     ]  # computed once, reused in 3.
                     frozen = [
                         acc.unwrap_model(d) for d in discriminators
@@ -316,7 +413,7 @@ class AdaptationStage:
         if s.uses_discriminators:
             set_requires_grad(discriminators, True)
             with acc.autocast():
-                source_maps = [task.discriminator_input(o.detach()) for o in source_out]
+                source_maps = [self.discriminator_input(o.detach()) for o in source_out]
                 losses["loss_d_source"] = sum(
                     adversarial_loss(d(m), SOURCE_LABEL) / 2 for d, m in zip(discriminators, source_maps)
                 )

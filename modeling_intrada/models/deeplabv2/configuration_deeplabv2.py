@@ -6,6 +6,7 @@ from transformers import PreTrainedConfig
 
 RESNET_DEPTHS = {"resnet101": (3, 4, 23, 3), "resnet50": (3, 4, 6, 3)}
 BN_MODES = ("reference", "frozen")
+ATROUS_IMPLEMENTATIONS = ("dilated", "space_to_batch", "space_to_batch_backbone")
 TIMM_PREFIX = "timm:"
 
 
@@ -36,6 +37,14 @@ class DeepLabV2Config(PreTrainedConfig):
             Label value ignored by the loss.
         num_channels (`int`, *optional*, defaults to 3):
             Input channels.
+        atrous_implementation (`str`, *optional*, defaults to `"dilated"`):
+            How the dilated 3x3 convolutions of layer3, layer4 and the ASPP heads are computed (ResNet backbones
+            and the heads). `"dilated"`: one dilated convolution (PyTorch's kernels). `"space_to_batch"`: as
+            TensorFlow implements atrous convolution, the padded input is split into `dilation x dilation`
+            phase images stacked on the batch axis, convolved densely (dilation 1) and interleaved back. Same
+            weights and the same result up to float rounding; which is faster depends on the device's kernels.
+            `"space_to_batch_backbone"`: space-to-batch in layer3 and layer4 only, the ASPP dilated (its
+            dilations of up to 24 exceed small feature maps, where the phase images are mostly padding).
 
     Example:
 
@@ -55,6 +64,7 @@ class DeepLabV2Config(PreTrainedConfig):
     aux_loss_weight: float = 0.1
     semantic_loss_ignore_index: int = 255
     num_channels: int = 3
+    atrous_implementation: str = "dilated"
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -70,6 +80,10 @@ class DeepLabV2Config(PreTrainedConfig):
             )
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}.")
+        if self.atrous_implementation not in ATROUS_IMPLEMENTATIONS:
+            raise ValueError(
+                f"atrous_implementation must be one of {ATROUS_IMPLEMENTATIONS}, got {self.atrous_implementation!r}."
+            )
         if not self.aspp_dilations:
             raise ValueError("aspp_dilations must list at least one dilation.")
 

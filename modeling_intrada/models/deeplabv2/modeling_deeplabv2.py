@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from os import PathLike
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -29,6 +30,56 @@ def _mark_reference_init(module: nn.Module) -> None:
             setattr(submodule, REFERENCE_INIT_MARK, True)
 
 
+def space_to_batch_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int
+) -> torch.Tensor:
+    """A stride-1 "same" convolution with `dilation`, computed densely on `dilation x dilation` phase images.
+
+    Output pixel `(a * d + r, b * d + s)` of a dilated convolution only reads input pixels of phase `(r, s)`
+    (rows `= r` and columns `= s` modulo `d`), `d` apart: on the phase image alone it is a dense convolution.
+    The input is padded by `d * (k - 1) / 2` (the dilated convolution's own padding) and to a multiple of `d`,
+    its phases are stacked on the batch axis, convolved with dilation 1 and no padding, and interleaved back;
+    the rows and columns the multiple of `d` added are cropped. The memory format of `x` (NCHW or NHWC) is kept.
+    """
+    d, (k_h, k_w) = dilation, weight.shape[-2:]
+    n, c, h, w = x.shape
+    pad_h, pad_w = d * (k_h - 1) // 2, d * (k_w - 1) // 2
+    rows, cols = -(-(h + 2 * pad_h) // d), -(-(w + 2 * pad_w) // d)  # phase image size
+    x = F.pad(x, (pad_w, cols * d - w - pad_w, pad_h, rows * d - h - pad_h))
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    phases = x.reshape(n, c, rows, d, cols, d)
+    if channels_last:  # (n, d, d, rows, cols, c) in memory: NHWC phase images
+        phases = phases.permute(0, 3, 5, 2, 4, 1).reshape(n * d * d, rows, cols, c).permute(0, 3, 1, 2)
+    else:
+        phases = phases.permute(0, 3, 5, 1, 2, 4).reshape(n * d * d, c, rows, cols)
+    y = F.conv2d(phases, weight, bias)
+    o, out_rows, out_cols = y.shape[1], y.shape[2], y.shape[3]
+    if channels_last:
+        y = y.permute(0, 2, 3, 1).reshape(n, d, d, out_rows, out_cols, o).permute(0, 3, 1, 4, 2, 5)
+        y = y.reshape(n, out_rows * d, out_cols * d, o).permute(0, 3, 1, 2)
+    else:
+        y = y.reshape(n, d, d, o, out_rows, out_cols).permute(0, 3, 4, 1, 5, 2)
+        y = y.reshape(n, o, out_rows * d, out_cols * d)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return y[:, :, :h, :w].contiguous(memory_format=memory_format)
+
+
+class AtrousConv2d(nn.Conv2d):
+    """A 3x3 convolution with `padding = dilation`, computed as configured by `atrous_implementation`.
+
+    Parameters and state-dict keys are those of `nn.Conv2d`; `space_to_batch=True` switches a dilated one to
+    `space_to_batch_conv2d` (the model sets it from its configuration).
+    """
+
+    space_to_batch: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dilation[0]
+        if not self.space_to_batch or d == 1 or self.dilation[1] != d or self.stride != (1, 1):
+            return super().forward(x)
+        return space_to_batch_conv2d(x, self.weight, self.bias, d)
+
+
 class CaffeBottleneck(nn.Module):
     """ResNet bottleneck in the Caffe style: the stride sits on the first 1x1 conv, the 3x3 conv is dilated."""
 
@@ -41,7 +92,9 @@ class CaffeBottleneck(nn.Module):
         out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = AtrousConv2d(
+            planes, planes, kernel_size=3, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -160,7 +213,7 @@ class ASPPClassifier(nn.Module):
     def __init__(self, in_channels: int, num_labels: int, dilations: list[int]):
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Conv2d(in_channels, num_labels, kernel_size=3, padding=d, dilation=d, bias=True)
+            AtrousConv2d(in_channels, num_labels, kernel_size=3, padding=d, dilation=d, bias=True)
             for d in dilations
         )
         _mark_reference_init(self)
@@ -269,6 +322,11 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 for parameter in module.parameters(recurse=False):
                     parameter.requires_grad_(False)
+        space_to_batch = {"space_to_batch": self, "space_to_batch_backbone": self.backbone}
+        if config.atrous_implementation in space_to_batch:
+            for module in space_to_batch[config.atrous_implementation].modules():
+                if isinstance(module, AtrousConv2d):
+                    module.space_to_batch = True
         self.post_init()
 
     def train(self, mode: bool = True) -> DeepLabV2ForSemanticSegmentation:

@@ -94,6 +94,7 @@ class SegmentationRun(Run):
             multi_level=seg.multi_level,
             bn_mode=seg.bn_mode,
             aux_loss_weight=seg.seg_aux_weight,
+            atrous_implementation=seg.atrous_implementation,
         )
         model = DeepLabV2ForSemanticSegmentation(config)
         if seg.backbone_weights:
