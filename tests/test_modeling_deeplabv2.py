@@ -218,6 +218,8 @@ def test_reference_duplicates_step_tensors_several_times():
         (torch.randn(1, 4, 32, 32), "3 channels"),
         (torch.randn(3, 32, 32), "shape"),
         (torch.randn(1, 1, 3, 32, 32), "shape"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "must be a float tensor .* got torch.uint8"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.float64), "must be a float tensor .* got torch.float64"),
     ],
 )
 def test_bad_pixel_values(small_model, bad_input, message):
@@ -231,6 +233,7 @@ def test_bad_pixel_values(small_model, bad_input, message):
         ({"backbone": "vgg16"}, "Unknown backbone"),
         ({"backbone": "timm:"}, "Unknown backbone"),
         ({"bn_mode": "sync"}, "bn_mode"),
+        ({"num_labels": 0}, "num_labels must be at least 1"),
     ],
 )
 def test_bad_config(kwargs, message):

@@ -286,6 +286,13 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
                 f"pixel_values must have {self.config.num_channels} channels, got {pixel_values.shape[1]} "
                 f"(shape {tuple(pixel_values.shape)})"
             )
+        if not pixel_values.is_floating_point() or (
+            pixel_values.dtype == torch.float64 and self.dtype != torch.float64
+        ):
+            raise ValueError(
+                f"pixel_values must be a float tensor ({self.dtype}, as the image processor returns), got "
+                f"{pixel_values.dtype}: preprocess the images with the image processor"
+            )
         aux_features, main_features = self.backbone(pixel_values)
         logits = self.main_head(main_features)
         aux_logits = self.aux_head(aux_features) if self.aux_head is not None else None
