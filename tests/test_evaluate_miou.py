@@ -210,6 +210,7 @@ def test_find_snapshots_accepts_the_stage_folder_and_refuses_an_empty_one(tiny, 
         (["--model", "m", "--selection", "min_entropy"], "needs --snapshots_dir"),
         (["--model", "m", "--input_size", "512"], "HEIGHT WIDTH"),
         (["--model", "m", "--normalization", "bgr"], "caffe or imagenet"),
+        (["--model", "m", "--max_images", "0"], "max_images must be at least 1"),
     ],
 )
 def test_argument_errors(argv, message):
@@ -251,3 +252,17 @@ def test_synthetic_resolves_to_the_runs_dataset(tmp_path):
     assert folder == tmp_path / "s"
     assert json.loads((folder / "synthetic_params.json").read_text())["num_source"] == 2
     assert resolve_dataset("someone/cityscapes", config) == "someone/cityscapes"
+
+
+def test_missing_model_folder_is_one_line_exit_2(tmp_path):
+    command = [sys.executable, str(PROJECT_ROOT / "training" / "evaluate_miou.py")]
+    done = subprocess.run(
+        [*command, "--model", str(tmp_path / "runs" / "model"), "--output_dir", str(tmp_path / "eval")],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --model ") and "no such folder" in done.stderr
+    assert not (tmp_path / "eval").exists()

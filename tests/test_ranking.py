@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
+from modeling_intrada.errors import NonFiniteLossError, UsageError
 from modeling_intrada.method.losses import weighted_self_information
 from modeling_intrada.method.ranking import (
     check_lambda,
@@ -41,6 +42,16 @@ def test_cityscapes_split_sizes():
 def test_ties_are_broken_by_index():
     order, _ = split_by_score([0.2, 0.1, 0.2, 0.1], [3, 2, 1, 0], 0.5)
     assert order == [3, 1, 2, 0]
+
+
+def test_a_lambda_that_leaves_no_easy_image_is_refused():
+    with pytest.raises(UsageError, match=r"lambda_easy=0.1 leaves no easy image among 5"):
+        split_by_score([0.1, 0.2, 0.3, 0.4, 0.5], list(range(5)), 0.1)
+
+
+def test_non_finite_scores_are_refused():
+    with pytest.raises(NonFiniteLossError, match=r"1 of 3 images score NaN or infinity \(e.g. image 7\)"):
+        split_by_score([0.1, float("nan"), 0.3], [6, 7, 8], 0.5)
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, 2, float("nan"), "0.5"])

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
+from modeling_intrada.errors import NonFiniteLossError
 from modeling_intrada.method.adaptation import SegmentationTask, poly_learning_rate
 from modeling_intrada.models.deeplabv2.modeling_deeplabv2 import DeepLabV2SegmenterOutput
 from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
@@ -338,3 +339,42 @@ def test_tensorboard_logs_losses_and_pictures(tmp_path):
 def test_segmentation_refuses_the_classifier_frameworks(framework):
     with pytest.raises(ValueError, match=f"'{framework}' framework is for classifiers"):
         SegmentationTask(framework=framework)
+
+
+def test_a_non_finite_loss_stops_the_stage_and_saves_nothing(tmp_path):
+    # A learning rate this high makes the losses non-finite within a few steps.
+    settings = StageSettings(
+        num_iterations=20,
+        max_iters=20,
+        learning_rate=1e12,
+        log_steps=5,
+        checkpointing_steps=2,
+        snapshot_steps=None,
+    )
+    stage = make_stage(tmp_path, settings)
+    with pytest.raises(NonFiniteLossError, match=r"stage .*, step (\d+): loss\w* is (nan|inf)") as info:
+        stage.run()
+    step = stage.completed_steps
+    assert f"step {step}:" in str(info.value) and step < 20
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint*")) if step > 2 else []
+    assert f"checkpoint_{step:06d}" not in saved  # the diverged step was never saved
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("log_steps", 0), ("checkpointing_steps", -1), ("snapshot_steps", -2), ("checkpoints_total_limit", -1)],
+)
+def test_step_counts_are_validated(option, value):
+    with pytest.raises(ValueError, match=option):
+        StageSettings(**{option: value})
+
+
+def test_resuming_applies_a_smaller_checkpoint_limit(tmp_path):
+    settings = dict(num_iterations=4, max_iters=10, checkpointing_steps=1)
+    make_stage(tmp_path, StageSettings(**settings)).run()
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 4
+    resumed = make_stage(
+        tmp_path, StageSettings(**{**settings, "num_iterations": 4}, checkpoints_total_limit=2)
+    )
+    resumed.run(resume_from_checkpoint="latest")
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from modeling_intrada.errors import MissingInputError, NonFiniteLossError
 from modeling_intrada.method.adaptation import (
     DISCRIMINATOR_FRAMEWORKS,
     SOURCE_LABEL,
@@ -126,6 +127,11 @@ class StageSettings:
             )
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be at least 1")
+        if self.log_steps < 1:
+            raise ValueError(f"log_steps must be at least 1, got {self.log_steps}")
+        for name in ("checkpointing_steps", "checkpoints_total_limit", "snapshot_steps", "image_log_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 or None: never), got {getattr(self, name)}")
         if len(self.disc_betas) != 2:
             raise ValueError(f"disc_betas takes two numbers, got {self.disc_betas}")
         if not self.segmentation_loss and self.framework == "source_only":
@@ -392,8 +398,11 @@ class AdaptationStage:
             self.optimizer_step()
             self.completed_steps += 1
             progress.update(1)
-            if self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations:
+            logged = self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations
+            if logged:
                 last = self._log(totals, learning_rates, progress)
+            elif self._saves_at(self.completed_steps):
+                self._check_finite(self._reduce(totals))  # never save the weights of a diverged run
             totals = {}
             if s.image_log_steps and self.completed_steps % s.image_log_steps == 0:
                 self._log_picture(source, target)
@@ -410,17 +419,38 @@ class AdaptationStage:
         self, totals: dict[str, torch.Tensor], learning_rates: dict[str, float], progress
     ) -> dict[str, float]:
         # The one host synchronisation: losses averaged over processes, every `log_steps` steps.
-        values = {}
-        for name, value in totals.items():
-            values[name] = float(self.accelerator.reduce(value.float(), reduction="mean"))
-        if any(not math.isfinite(v) for v in values.values()):
-            logger.warning("non-finite loss at iteration %d: %s", self.completed_steps, values)
+        values = self._reduce(totals)
+        self._check_finite(values)
         values.update(learning_rates)
         self.accelerator.log(values, step=self.completed_steps)
         progress.set_postfix(
             {k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")}, refresh=False
         )
         return values
+
+    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's losses averaged over processes (a collective: every process gets the same numbers)."""
+        return {
+            name: float(self.accelerator.reduce(v.float(), reduction="mean")) for name, v in totals.items()
+        }
+
+    def _saves_at(self, step: int) -> bool:
+        s = self.settings
+        return bool(
+            (s.checkpointing_steps and step % s.checkpointing_steps == 0)
+            or (s.snapshot_steps and step % s.snapshot_steps == 0)
+        )
+
+    def _check_finite(self, values: dict[str, float]) -> None:
+        """Stop on a NaN or infinite loss: the weights are lost, and training on would save them."""
+        bad = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise NonFiniteLossError(
+                f"stage {self.output_dir.name}, step {self.completed_steps}: {name} is {value} (training "
+                "diverged; nothing of this step was saved): lower --learning_rate or resume from an earlier "
+                "checkpoint"
+            )
 
     def _log_picture(self, source: dict, target: dict | None) -> None:
         if self.picture is None or not self.accelerator.is_main_process:
@@ -478,6 +508,8 @@ class AdaptationStage:
             )
         self.accelerator.load_state(str(path))
         self.completed_steps, self.micro_step = int(state["iteration"]), int(state["micro_step"])
+        if self.accelerator.is_main_process:
+            self._prune_checkpoints()  # a smaller --checkpoints_total_limit applies from the resume on
         logger.info("resumed from %s at iteration %d", path, self.completed_steps)
 
     def save_snapshot(self, folder: Path) -> None:
@@ -508,11 +540,11 @@ def resolve_checkpoint(which: str, folder: Path) -> Path:
     if which == "latest":
         found = list_checkpoints(folder)
         if not found:
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
+            raise MissingInputError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
         return found[-1]
     path = Path(which)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} is not a checkpoint folder (expected {STATE_FILE} written by save_state)"
         )
     return path
