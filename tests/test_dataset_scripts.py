@@ -591,4 +591,4 @@ def test_shard_size_and_processes_must_be_positive(tmp_path, option, capsys):
     parser = _builder.build_argument_parser("a builder")
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), option, "-1"])
-    assert exit_info.value.code == 2 and "must be at least 1, got -1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "must be at least" in capsys.readouterr().err

@@ -346,17 +346,19 @@ def test_a_crash_while_saving_the_model_keeps_the_earlier_one(finished_run, tmp_
 def test_label_spaces_and_architectures_must_agree(finished_run, tmp_path):
     out, _ = finished_run
     argv = [*SMALL, "--output_dir", str(tmp_path / "o"), "--synthetic_dir", str(out.parent / "synthetic")]
-    with pytest.raises(UsageError, match=r"--rare_train_ids \[99\] are not classes of 'cityscapes'"):
+    with pytest.raises(
+        UsageError, match=r"--rare_train_ids \[99\] are not classes of 'synthetic' \(train ids 0..18\)"
+    ):
         run_intrada.main([*argv, "--rare_train_ids", "99"])
     with pytest.raises(
-        UsageError, match=r"labelled in 'cityscapes' \(19 classes\) but the run trains 'camvid'"
+        UsageError, match=r"labelled in 'synthetic' \(19 classes\) but the run trains 'camvid'"
     ):
         run_intrada.main([*argv, "--label_space", "camvid"])
     FCDiscriminator(FCDiscriminatorConfig(num_channels=19, ndf=4)).save_pretrained(tmp_path / "d")
-    with pytest.raises(UsageError, match=r"a 'fc_discriminator' model, expected 'deeplabv2'"):
+    with pytest.raises(UsageError, match=r"a 'intrada_fc_discriminator' model, expected 'deeplabv2'"):
         run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "d")])
     config = DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=5)
     DeepLabV2ForSemanticSegmentation(config).save_pretrained(tmp_path / "g5")
-    with pytest.raises(UsageError, match=r"the model predicts 5 classes .* 'cityscapes' has 19"):
+    with pytest.raises(UsageError, match=r"the model predicts 5 classes .* 'synthetic' has 19"):
         run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "g5")])
     assert not (tmp_path / "o" / "ranking").exists()

@@ -51,12 +51,21 @@ class BuildError(UsageError):
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
 
 
@@ -82,7 +91,10 @@ def build_argument_parser(description: str, needs_data_dir: bool = True) -> argp
         "--num_proc", type=positive_int, default=1, help="processes writing shards in parallel"
     )
     parser.add_argument(
-        "--max_shard_size", type=positive_int, default=500, help="MB of raw files per Parquet shard"
+        "--max_shard_size",
+        type=non_negative_int,
+        default=500,
+        help="MB of raw files per Parquet shard (0: one row per shard)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing built dataset in output_dir"
@@ -409,8 +421,10 @@ def build_dataset(
             raise BuildError(f"config {plan.config!r} split {plan.split!r} is empty: no examples found")
     if num_proc < 1:
         raise ValueError(f"--num_proc must be at least 1, got {num_proc}")
-    if max_shard_size_mb < 1:
-        raise ValueError(f"--max_shard_size must be at least 1 (MB), got {max_shard_size_mb}")
+    if max_shard_size_mb < 0:
+        raise ValueError(
+            f"--max_shard_size must be at least 0 (MB; 0: one row per shard), got {max_shard_size_mb}"
+        )
     output_dir = Path(output_dir)
     staging = _prepare_output(output_dir, overwrite)
     try:

@@ -105,7 +105,7 @@ def adaptation_stage(run: Run, stage: str) -> Path:
         with atomic_folder(layout.model_dir(stage)) as staging:
             run.save_generator(generator, staging)
         names = loop.task.level_names
-        if names:
+        if loop.discriminators:
             with atomic_folder(layout.discriminator_dir(stage, names[0]).parent) as staging:
                 for name, d in zip(names, loop.discriminators):
                     accelerator.unwrap_model(d).save_pretrained(staging / name)
