@@ -469,6 +469,8 @@ def validate(args: Arguments) -> None:
         check_framework(run.intra_framework)
     if run.intra_num_iterations is not None and run.intra_num_iterations < 0:
         raise ValueError(f"--intra_num_iterations must be >= 0, got {run.intra_num_iterations}")
+    if run.task == "digits" and args.digits.source_num_iterations < 0:  # before the source stage's settings
+        raise ValueError(f"--source_num_iterations must be >= 0, got {args.digits.source_num_iterations}")
     for stage in TRAINING_STAGES:
         if stage in TASK_STAGES[run.task]:
             stage_settings(args, stage)  # raises on a stage that cannot train (e.g. nothing to learn)
