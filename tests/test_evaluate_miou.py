@@ -266,3 +266,9 @@ def test_missing_model_folder_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: --model ") and "no such folder" in done.stderr
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_finished_run_holds_no_half_written_artifact(tiny):
+    run_dir, _ = tiny
+    assert (run_dir / "intra" / "snapshots" / "iter_000002" / "generator" / "config.json").is_file()
+    assert not list(run_dir.rglob("*.incomplete")) and not list(run_dir.rglob("*.replaced"))

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from modeling_intrada.atomic import atomic_folder
 from modeling_intrada.errors import MissingInputError, NonFiniteLossError
 from modeling_intrada.method.adaptation import (
     DISCRIMINATOR_FRAMEWORKS,
@@ -517,13 +518,14 @@ class AdaptationStage:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            generator = acc.unwrap_model(self.generator)
-            if self.save_generator is not None:
-                self.save_generator(generator, folder / "generator")
-            else:
-                generator.save_pretrained(folder / "generator")
-            for name, d in zip(self.task.level_names, self.discriminators):
-                acc.unwrap_model(d).save_pretrained(folder / f"discriminator_{name}")
+            with atomic_folder(folder) as staging:  # a killed save leaves no half snapshot to select
+                generator = acc.unwrap_model(self.generator)
+                if self.save_generator is not None:
+                    self.save_generator(generator, staging / "generator")
+                else:
+                    generator.save_pretrained(staging / "generator")
+                for name, d in zip(self.task.level_names, self.discriminators):
+                    acc.unwrap_model(d).save_pretrained(staging / f"discriminator_{name}")
         acc.wait_for_everyone()
 
 
