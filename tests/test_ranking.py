@@ -73,6 +73,24 @@ def test_score_is_mean_weighted_self_information_and_normalisation_uses_the_rare
     assert normalization_factor(1, 2) == pytest.approx(1.0)
 
 
+def test_an_image_scores_the_same_alone_in_any_batch_and_on_any_number_of_threads():
+    # 19 x 64 x 64 values an image: large enough for the CPU to split a whole-image sum across threads.
+    logits = torch.randn(5, 19, 64, 64, generator=torch.Generator().manual_seed(3)) * 3
+    threads = torch.get_num_threads()
+    scores = []
+    try:
+        for num_threads in (1, 2):
+            torch.set_num_threads(num_threads)
+            scores.append(torch.cat([score_logits(logits[i : i + 1])[0] for i in range(5)]))
+            scores.append(score_logits(logits)[0])
+            scores.append(torch.cat([score_logits(logits[:3])[0], score_logits(logits[3:])[0]]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(scores[0], other) for other in scores[1:])
+    assert scores[0].dtype == torch.float32
+    torch.testing.assert_close(scores[0], weighted_self_information(logits).mean(dim=(1, 2, 3)))
+
+
 class ConstantModel(torch.nn.Module):
     """Returns pre-set logits per image (looked up by the first pixel value), to rank known scores."""
 

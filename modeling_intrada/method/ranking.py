@@ -55,6 +55,23 @@ def normalization_factor(num_rare: torch.Tensor | int, num_rare_classes: int) ->
     return (num_rare_classes - num_rare) / num_rare_classes + 0.5
 
 
+def mean_per_image(values: torch.Tensor) -> torch.Tensor:
+    """The mean of each image's values (batch, C, ...) over classes and pixels, in float32.
+
+    Summed image by image, class by class, in float64: one image's sum does not depend on its batch
+    neighbours, the batch size or the number of CPU threads. A mean over the whole flattened image lets the
+    CPU split one sum across threads (or a GPU across blocks by batch shape), and its last bits then depend
+    on how many processes share the cores, so one and several processes would not write the same ranking.
+    """
+    means = []
+    for image in values:
+        per_class = image.reshape(len(image), -1).sum(dim=1, dtype=torch.float64)
+        means.append(per_class.sum() / image.numel())
+    if not means:
+        return values.new_zeros(0)
+    return torch.stack(means).float()
+
+
 def score_logits(
     logits: torch.Tensor, rare_train_ids: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,7 +82,7 @@ def score_logits(
     `entropy` map (batch, ...) summed over classes, in [0, 1], and the argmax `prediction` (batch, ...).
     """
     information = weighted_self_information(logits)
-    raw = information.flatten(1).mean(dim=1)
+    raw = mean_per_image(information)
     prediction = logits.argmax(dim=1)
     if rare_train_ids:
         rare = torch.as_tensor(list(rare_train_ids), device=logits.device)
