@@ -378,3 +378,26 @@ def test_resuming_applies_a_smaller_checkpoint_limit(tmp_path):
     )
     resumed.run(resume_from_checkpoint="latest")
     assert len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
+def test_a_stage_3_step_from_a_loaded_g_inter_leaves_batchnorm_affine_unchanged(tmp_path):
+    # `intra_init: inter`: G_intra starts from `from_pretrained`, which must not make BN affine trainable.
+    from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
+
+    config = DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=NUM_CLASSES)
+    DeepLabV2ForSemanticSegmentation(config).save_pretrained(tmp_path / "inter")
+    generator = DeepLabV2ForSemanticSegmentation.from_pretrained(tmp_path / "inter")
+    norms = {
+        f"{module_name}.{name}"
+        for module_name, module in generator.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, _ in module.named_parameters()
+    }
+    affine = {name: p.detach().clone() for name, p in generator.named_parameters() if name in norms}
+    assert len(affine) == len(norms) > 0
+    convs = {name: p.detach().clone() for name, p in generator.named_parameters() if name not in affine}
+    settings = StageSettings(num_iterations=1, max_iters=2, learning_rate=0.05, weight_decay=0.1)
+    make_stage(tmp_path / "intra", settings, generator=generator).run()
+    trained = dict(generator.named_parameters())
+    assert all(torch.equal(trained[name], value) for name, value in affine.items())
+    assert any(not torch.equal(trained[name], value) for name, value in convs.items())

@@ -253,12 +253,27 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
             else None
         )
         self.main_head = ASPPClassifier(main_channels, config.num_labels, config.aspp_dilations)
-        # BatchNorm affine parameters exist but are never trained (SPEC 1).
+        self.freeze_batch_norm_affine()
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with the backbone's BatchNorm affine parameters frozen again.
+
+        transformers replaces the loaded parameters with new `nn.Parameter`s whose `requires_grad` is True, which
+        would make the BatchNorm affine tensors trainable (SPEC 1 says they never are).
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze_batch_norm_affine()
+        return loaded
+
+    def freeze_batch_norm_affine(self) -> None:
+        """Set `requires_grad=False` on every BatchNorm weight and bias of the backbone (SPEC 1), timm's too."""
         for module in self.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 for parameter in module.parameters(recurse=False):
                     parameter.requires_grad_(False)
-        self.post_init()
 
     def train(self, mode: bool = True) -> DeepLabV2ForSemanticSegmentation:
         """Set train/eval mode; with `bn_mode="frozen"` the backbone's BatchNorm layers stay in eval mode."""
