@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -401,3 +403,48 @@ def test_a_stage_3_step_from_a_loaded_g_inter_leaves_batchnorm_affine_unchanged(
     trained = dict(generator.named_parameters())
     assert all(torch.equal(trained[name], value) for name, value in affine.items())
     assert any(not torch.equal(trained[name], value) for name, value in convs.items())
+
+
+def after_unit_gradient_steps(generator: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> dict:
+    for parameter in generator.parameters():
+        parameter.grad = torch.ones_like(parameter) if parameter.requires_grad else None
+    for _ in range(steps):
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in generator.named_parameters()}
+
+
+@pytest.mark.parametrize("foreach_by_default", [False, True], ids=["cpu_default", "cuda_default"])
+def test_reference_duplicate_params_give_the_plain_loop_update_on_every_device(
+    tmp_path, monkeypatch, foreach_by_default
+):
+    from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
+
+    def generator() -> DeepLabV2ForSemanticSegmentation:
+        torch.manual_seed(0)
+        return DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone="resnet50", num_labels=NUM_CLASSES))
+
+    def plain_sgd(model: DeepLabV2ForSemanticSegmentation, foreach: bool) -> torch.optim.SGD:
+        groups = model.parameter_groups(1e-3, reference_duplicates=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about tensors listed twice
+            return torch.optim.SGD(groups, lr=1e-3, momentum=0.9, weight_decay=5e-4, foreach=foreach)
+
+    # CUDA resolves SGD's `foreach=None` to the foreach loop; pretend this CPU does too.
+    sgd = importlib.import_module(torch.optim.SGD.__module__)
+    monkeypatch.setattr(
+        sgd, "_default_to_fused_or_foreach", lambda *args, **kwargs: (False, foreach_by_default)
+    )
+    settings = StageSettings(num_iterations=1, learning_rate=1e-3, reference_duplicate_params=True)
+    stage = make_stage(tmp_path, settings, generator=generator())
+    trained = after_unit_gradient_steps(
+        stage.accelerator.unwrap_model(stage.generator), stage.generator_optimizer
+    )
+
+    plain = generator()
+    expected = after_unit_gradient_steps(plain, plain_sgd(plain, foreach=False))
+    assert all(torch.equal(trained[name], expected[name]) for name in expected)
+    # The foreach loop steps a repeated tensor by another amount: the knob would mean another learning rate.
+    plain = generator()
+    foreach = after_unit_gradient_steps(plain, plain_sgd(plain, foreach=True))
+    name = "backbone.layer1.0.conv1.weight"  # listed 3 times
+    assert not torch.allclose(foreach[name], expected[name], rtol=0, atol=1e-6)

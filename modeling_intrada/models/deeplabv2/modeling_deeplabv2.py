@@ -343,7 +343,9 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
         Each group carries `lr_multiplier` so that a schedule can set `lr = base * multiplier`.
         `reference_duplicates=True` lists the backbone tensors with the repetitions of the authors' code; current
         PyTorch then steps each repeated tensor several times per iteration (about 3x the backbone learning rate,
-        with a warning from `torch.optim`). It exists to compare against the reference, not to train with.
+        with a warning from `torch.optim`) with the plain per-tensor loop, `foreach=False`, which the optimizer must
+        then use (the foreach loop gives other factors). It exists to compare against the reference, not to train
+        with.
         """
         backbone = (
             list(self.backbone.reference_parameter_order())
