@@ -30,6 +30,7 @@ import datasets
 from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
+from modeling_intrada.errors import run_program
 from modeling_intrada.labels import CAMVID, CAMVID_ID_TO_TRAIN_ID, CAMVID_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
@@ -173,4 +174,4 @@ def main(argv: Sequence[str] | None = None) -> building.BuildResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -24,6 +24,7 @@ import datasets
 from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
+from modeling_intrada.errors import run_program
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
@@ -140,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> building.BuildResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -32,6 +32,7 @@ from PIL import Image
 from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import encode_png
+from modeling_intrada.errors import run_program
 from modeling_intrada.labels import DIGITS
 
 DATASETS = ("mnist", "usps", "svhn")
@@ -242,4 +243,4 @@ def main(argv: Sequence[str] | None = None) -> building.BuildResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from modeling_intrada.data.building import push_to_hub
 from modeling_intrada.data.synthetic import SyntheticConfig, build_synthetic_dataset
+from modeling_intrada.errors import run_program
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -59,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -24,6 +24,7 @@ import numpy as np
 from modeling_intrada.data import building
 from modeling_intrada.data.dataset_card import DatasetDescription
 from modeling_intrada.data.datasets import segmentation_features
+from modeling_intrada.errors import run_program
 from modeling_intrada.labels import (
     SYNTHIA_13,
     SYNTHIA_13_OF_16,
@@ -134,4 +135,4 @@ def main(argv: Sequence[str] | None = None) -> building.BuildResult:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

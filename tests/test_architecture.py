@@ -12,6 +12,8 @@ PACKAGE = PROJECT_ROOT / "modeling_intrada"
 LAYERS = {
     "labels": 0,
     "run_layout": 0,
+    "errors": 0,
+    "atomic": 0,
     "models": 1,
     "data": 2,
     "method": 3,

@@ -130,3 +130,23 @@ def test_cli(tmp_path, capsys):
         text=True,
     )
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_output_dir_naming_a_file_is_refused(tmp_path):
+    torch.save(ref_fc_discriminator(5).state_dict(), tmp_path / "d.pth")
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(ValueError, match="is a file: expected a folder"):
+        convert_checkpoint(tmp_path / "d.pth", tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_a_folder_of_other_files_is_not_replaced(tmp_path):
+    torch.save(ref_fc_discriminator(5).state_dict(), tmp_path / "d.pth")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no saved model"):
+        convert_checkpoint(tmp_path / "d.pth", tmp_path / "mine")
+    convert_checkpoint(tmp_path / "d.pth", tmp_path / "out")
+    convert_checkpoint(tmp_path / "d.pth", tmp_path / "out")  # an earlier conversion is replaced whole
+    assert (tmp_path / "mine" / "thesis.tex").is_file() and (tmp_path / "out" / "config.json").is_file()
+    assert not (tmp_path / "out.incomplete").exists()

@@ -21,6 +21,7 @@ from modeling_intrada.data.datasets import (
     encode_label_png,
     encode_png,
     load_split,
+    local_cache_dir,
     read_id2label,
     read_label_space,
     segmentation_features,
@@ -236,3 +237,17 @@ def test_moved_folder_still_loads(built, tmp_path):
         WIDTH,
         HEIGHT,
     )
+
+
+def test_a_rewritten_folder_leaves_one_cache(tmp_path):
+    folder = tmp_path / "ranking"
+    folder.mkdir()
+    (folder / "data.parquet").write_bytes(b"first")
+    first = local_cache_dir(folder, tmp_path / "cache")
+    first.mkdir(parents=True)
+    (folder / "data.parquet").write_bytes(b"second, longer")
+    second = local_cache_dir(folder, tmp_path / "cache")
+    assert second != first and not first.exists()
+    other = local_cache_dir(tmp_path, tmp_path / "cache")  # another folder keeps its own cache
+    second.mkdir()
+    assert local_cache_dir(folder, tmp_path / "cache") == second and second.exists() and other != second

@@ -240,6 +240,17 @@ def test_command_line_and_push(tmp_path, monkeypatch):
     )
     assert done.returncode == 0, done.stderr
     assert "default/train: 2 rows" in done.stdout
+    # The builder's own refusal (a BuildError) is one line and exit status 2, not a traceback.
+    missing = subprocess.run(
+        [*command, "--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (
+        missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    )
+    assert missing.stderr.count("\n") == 1 and not (tmp_path / "out2").exists()
     calls = []
 
     class FakeApi:
@@ -573,3 +584,11 @@ def test_synthetic_command_line(tmp_path, capsys):
     assert '"seed": 5' in (output_dir / "synthetic_params.json").read_text()
     with pytest.raises(FileExistsError, match="other parameters"):
         synthetic.main(["--output_dir", str(tmp_path / "out"), "--seed", "6", *sizes])
+
+
+@pytest.mark.parametrize("option", ["--max_shard_size", "--num_proc"])
+def test_shard_size_and_processes_must_be_positive(tmp_path, option, capsys):
+    parser = _builder.build_argument_parser("a builder")
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), option, "-1"])
+    assert exit_info.value.code == 2 and "must be at least" in capsys.readouterr().err

@@ -49,8 +49,8 @@ def test_poly_learning_rate_and_synchronised_weights_on_two_processes(tmp_path):
 
 
 class Images(torch.utils.data.Dataset):
-    def __init__(self) -> None:
-        self.images = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    def __init__(self, count: int = 7, size: int = 32) -> None:
+        self.images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(5))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,10 +59,17 @@ class Images(torch.utils.data.Dataset):
         return {"pixel_values": self.images[index], "id": f"img{index}", "index": index}
 
 
-def _rank(out_dir: str, rank: int, world_size: int, accelerator=None) -> None:
+def _rank(
+    out_dir: str,
+    rank: int,
+    world_size: int,
+    accelerator=None,
+    images: Images | None = None,
+    batch_size: int = 2,
+) -> None:
     torch.manual_seed(0)
     model = TinySegmenter()
-    batches = sharded_batches(Images(), 2, rank, world_size)
+    batches = sharded_batches(images or Images(), batch_size, rank, world_size)
     result = rank_by_entropy(
         model, batches, lambda_easy=0.67, normalize=True, rare_train_ids=[2], keep_entropy_maps=True,
         accelerator=accelerator,
@@ -88,3 +95,35 @@ def test_ranking_is_identical_on_one_and_two_processes(tmp_path):
     assert (tmp_path / "one" / "ranking.json").read_text() == (tmp_path / "two" / "ranking.json").read_text()
     # The card (README.md) is written from these files by `publishing.cards.write_run_cards`.
     assert (tmp_path / "one" / "ranking.png").read_bytes() == (tmp_path / "two" / "ranking.png").read_bytes()
+
+
+# 16 images of 3 x 128 x 128 scores: large enough for the CPU to split a whole-image sum across threads.
+BATCH_SIZES = (1, 3, 16)
+
+
+def _rank_at_batch_sizes(out_dir: str, rank: int, world_size: int, accelerator=None) -> None:
+    for batch_size in BATCH_SIZES:
+        _rank(f"{out_dir}/{batch_size}", rank, world_size, accelerator, Images(16, 128), batch_size)
+
+
+def _rank_at_batch_sizes_worker(rank: int, out_dir: str) -> None:
+    accelerator = Accelerator(**accelerator_kwargs())
+    _rank_at_batch_sizes(out_dir, rank, 2, accelerator)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def test_ranking_is_identical_on_one_and_two_processes_at_any_batch_size(tmp_path):
+    run_on_processes(_rank_at_batch_sizes_worker, 2, str(tmp_path / "two"))  # one thread per process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # one process with two threads: a score summed across threads would differ
+    try:
+        _rank_at_batch_sizes(str(tmp_path / "one"), 0, 1)
+    finally:
+        torch.set_num_threads(threads)
+    data = "data/train-00000-of-00001.parquet"
+    for batch_size in BATCH_SIZES:
+        one, two = tmp_path / "one" / str(batch_size), tmp_path / "two" / str(batch_size)
+        table = pq.read_table(one / data)
+        assert table.num_rows == 16 and table.equals(pq.read_table(two / data)), batch_size
+        assert (one / "ranking.json").read_text() == (two / "ranking.json").read_text(), batch_size

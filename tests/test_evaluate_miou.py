@@ -210,6 +210,7 @@ def test_find_snapshots_accepts_the_stage_folder_and_refuses_an_empty_one(tiny, 
         (["--model", "m", "--selection", "min_entropy"], "needs --snapshots_dir"),
         (["--model", "m", "--input_size", "512"], "HEIGHT WIDTH"),
         (["--model", "m", "--normalization", "bgr"], "caffe or imagenet"),
+        (["--model", "m", "--max_images", "0"], "max_images must be at least 1"),
     ],
 )
 def test_argument_errors(argv, message):
@@ -272,3 +273,23 @@ def test_tables_show_the_classes_the_dataset_labels_and_name_the_protocol(tiny):
         )
     card = (run_dir / "intra" / "model" / "README.md").read_text()
     assert "| | " + " | ".join(labelled) + " | mIoU (9 classes) | mIoU (19) |" in card
+
+
+def test_missing_model_folder_is_one_line_exit_2(tmp_path):
+    command = [sys.executable, str(PROJECT_ROOT / "training" / "evaluate_miou.py")]
+    done = subprocess.run(
+        [*command, "--model", str(tmp_path / "runs" / "model"), "--output_dir", str(tmp_path / "eval")],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --model ") and "no such folder" in done.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_finished_run_holds_no_half_written_artifact(tiny):
+    run_dir, _ = tiny
+    assert (run_dir / "intra" / "snapshots" / "iter_000002" / "generator" / "config.json").is_file()
+    assert not list(run_dir.rglob("*.incomplete")) and not list(run_dir.rglob("*.replaced"))

@@ -81,3 +81,15 @@ def test_save_load_and_pipeline_returns_per_class_masks(tmp_path, image):
     assert all(m.shape == (40, 60) for m in masks)
     coverage = sum((m == 255).astype(int) for m in masks)
     assert np.all(coverage == 1)  # every pixel in exactly one class mask
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.full((8, 8, 3), np.nan, dtype=np.float32), "NaN or infinite"),
+        (np.zeros((0, 0, 3), dtype=np.uint8), "at least 1x1 pixels"),
+    ],
+)
+def test_nan_and_empty_images_are_refused(image, message):
+    with pytest.raises(ValueError, match=message):
+        DeepLabV2ImageProcessor()(image)

@@ -218,6 +218,8 @@ def test_reference_duplicates_step_tensors_several_times():
         (torch.randn(1, 4, 32, 32), "3 channels"),
         (torch.randn(3, 32, 32), "shape"),
         (torch.randn(1, 1, 3, 32, 32), "shape"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "must be a float tensor .* got torch.uint8"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.float64), "must be a float tensor .* got torch.float64"),
     ],
 )
 def test_bad_pixel_values(small_model, bad_input, message):
@@ -231,6 +233,7 @@ def test_bad_pixel_values(small_model, bad_input, message):
         ({"backbone": "vgg16"}, "Unknown backbone"),
         ({"backbone": "timm:"}, "Unknown backbone"),
         ({"bn_mode": "sync"}, "bn_mode"),
+        ({"num_labels": 0}, "num_labels must be at least 1"),
     ],
 )
 def test_bad_config(kwargs, message):
@@ -241,3 +244,34 @@ def test_bad_config(kwargs, message):
 def test_unknown_timm_backbone():
     with pytest.raises(ValueError, match="timm"):
         DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone="timm:no_such_network_exists"))
+
+
+def batch_norm_affine(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters()
+    ]
+
+
+@pytest.mark.parametrize(
+    "backbone, num_backbone_tensors", [("resnet50", 53), ("timm:mobilenetv3_small_050", None)]
+)
+def test_batchnorm_affine_stays_frozen_after_from_pretrained(backbone, num_backbone_tensors, tmp_path):
+    fresh = DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone=backbone, num_labels=3))
+    fresh.save_pretrained(tmp_path)
+    loaded_models = [
+        DeepLabV2ForSemanticSegmentation.from_pretrained(tmp_path),
+        AutoModelForSemanticSegmentation.from_pretrained(tmp_path),
+        DeepLabV2ForSemanticSegmentation.from_pretrained(tmp_path, output_loading_info=True)[0],
+    ]
+    fresh_groups = [len(g["params"]) for g in fresh.parameter_groups(0.1)]
+    fresh_duplicates = len(fresh.parameter_groups(0.1, reference_duplicates=True)[0]["params"])
+    if num_backbone_tensors is not None:
+        assert fresh_groups[0] == num_backbone_tensors  # the convs only
+    for loaded in loaded_models:
+        affine = batch_norm_affine(loaded.backbone)
+        assert affine and not any(p.requires_grad for p in affine)
+        assert [len(g["params"]) for g in loaded.parameter_groups(0.1)] == fresh_groups
+        assert len(loaded.parameter_groups(0.1, reference_duplicates=True)[0]["params"]) == fresh_duplicates

@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
+from modeling_intrada.errors import NonFiniteLossError, UsageError
 from modeling_intrada.method.losses import weighted_self_information
 from modeling_intrada.method.ranking import (
     check_lambda,
@@ -43,6 +44,16 @@ def test_ties_are_broken_by_index():
     assert order == [3, 1, 2, 0]
 
 
+def test_a_lambda_that_leaves_no_easy_image_is_refused():
+    with pytest.raises(UsageError, match=r"lambda_easy=0.1 leaves no easy image among 5"):
+        split_by_score([0.1, 0.2, 0.3, 0.4, 0.5], list(range(5)), 0.1)
+
+
+def test_non_finite_scores_are_refused():
+    with pytest.raises(NonFiniteLossError, match=r"1 of 3 images score NaN or infinity \(e.g. image 7\)"):
+        split_by_score([0.1, float("nan"), 0.3], [6, 7, 8], 0.5)
+
+
 @pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, 2, float("nan"), "0.5"])
 def test_lambda_outside_zero_one_is_refused(bad):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
@@ -60,6 +71,24 @@ def test_score_is_mean_weighted_self_information_and_normalisation_uses_the_rare
     assert num_rare.tolist() == present and present[1] == 1
     assert normalization_factor(0, 11) == 1.5 and normalization_factor(11, 11) == 0.5
     assert normalization_factor(1, 2) == pytest.approx(1.0)
+
+
+def test_an_image_scores_the_same_alone_in_any_batch_and_on_any_number_of_threads():
+    # 19 x 64 x 64 values an image: large enough for the CPU to split a whole-image sum across threads.
+    logits = torch.randn(5, 19, 64, 64, generator=torch.Generator().manual_seed(3)) * 3
+    threads = torch.get_num_threads()
+    scores = []
+    try:
+        for num_threads in (1, 2):
+            torch.set_num_threads(num_threads)
+            scores.append(torch.cat([score_logits(logits[i : i + 1])[0] for i in range(5)]))
+            scores.append(score_logits(logits)[0])
+            scores.append(torch.cat([score_logits(logits[:3])[0], score_logits(logits[3:])[0]]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(scores[0], other) for other in scores[1:])
+    assert scores[0].dtype == torch.float32
+    torch.testing.assert_close(scores[0], weighted_self_information(logits).mean(dim=(1, 2, 3)))
 
 
 class ConstantModel(torch.nn.Module):

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +15,16 @@ import yaml
 from transformers import AutoModelForSemanticSegmentation
 
 import modeling_intrada.training.pipeline as run_intrada
-from modeling_intrada import FCDiscriminator
+from modeling_intrada import (
+    DeepLabV2Config,
+    DeepLabV2ForSemanticSegmentation,
+    FCDiscriminator,
+    FCDiscriminatorConfig,
+)
+from modeling_intrada.errors import NonFiniteLossError, UsageError
+from modeling_intrada.method.ranking import load_ranking
 from modeling_intrada.training.arguments import DEFAULT_CONFIG, parse_arguments
+from modeling_intrada.training.tasks.segmentation import SegmentationRun
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "run_intrada.py"
@@ -118,6 +131,11 @@ def test_bad_options_are_refused(argv, error, message):
         parse_arguments(argv)
 
 
+def test_the_word_none_unsets_an_optional_option():
+    args = parse_arguments(["--val_dataset", "None", "--max_val_images", "3"])
+    assert args.segmentation.val_dataset is None and args.run.max_val_images == 3
+
+
 def test_unknown_yaml_option_is_refused(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("backbone: resnet101\nlearning_rte: 0.1\n")
@@ -212,3 +230,135 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path):
     summary = json.loads((out / "ranking" / "ranking.json").read_text())
     assert summary["num_images"] == 40  # every target image scored once, across the two processes
     assert len(json.loads((out / "eval" / "metrics.json").read_text())["results"]) == 2
+
+
+def _run_program(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """The program in a fresh interpreter, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("INTRADA_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], env=env, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "config, argv, message",
+    [
+        ("source_size: 5\n", [], "option source_size takes a list, got 5"),
+        ("- learning_rate\n- 0.1\n", [], "must hold a mapping of option: value, got a list"),
+        (None, ["--disc_betas", "0.9"], r"disc_betas takes two numbers, got \[0.9\]"),
+        (
+            None,
+            ["--stage", "rank", "--inter_model", "no/such/model"],
+            "--inter_model no/such/model: no such folder",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_and_write_nothing(tmp_path, config, argv, message):
+    if config is not None:
+        (tmp_path / "bad.yaml").write_text(config)
+        argv = ["--config", str(tmp_path / "bad.yaml"), *argv]
+    done = _run_program([*argv, "--output_dir", str(tmp_path / "out")], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert re.search(message, done.stderr) and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_finished_stage_needs_overwrite_and_keeps_its_record(finished_run):
+    out, _ = finished_run
+    record, weights = (
+        (out / "config.yaml").read_bytes(),
+        (out / "inter" / "model" / "model.safetensors").stat(),
+    )
+    argv = [*SMALL, "--output_dir", str(out), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(UsageError, match=r"stage inter already finished .*pass --overwrite"):
+        run_intrada.main([*argv, "--stage", "inter", "--learning_rate", "0.5"])
+    with pytest.raises(UsageError, match="num_iterations must be >= 0"):
+        run_intrada.main([*argv, "--stage", "inter", "--num_iterations", "-5", "--overwrite"])
+    assert (out / "config.yaml").read_bytes() == record
+    assert (out / "inter" / "model" / "model.safetensors").stat().st_mtime_ns == weights.st_mtime_ns
+
+
+def test_missing_stage_inputs_are_refused_before_anything_is_written(finished_run, tmp_path):
+    out, _ = finished_run
+    argv = [*SMALL, "--output_dir", str(tmp_path / "new"), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(FileNotFoundError, match=r"the inter model is not at .*run --stage inter first"):
+        run_intrada.main([*argv, "--stage", "rank"])
+    with pytest.raises(
+        FileNotFoundError, match=r"stage 3 reads the ranking, which is not at .*run --stage rank first"
+    ):
+        run_intrada.main([*argv, "--stage", "intra", "--inter_model", str(out / "inter" / "model")])
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_diverged_stage_stops_and_saves_no_model(finished_run, tmp_path):
+    out, _ = finished_run
+    argv = [*SMALL, "--output_dir", str(tmp_path / "o"), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(NonFiniteLossError, match=r"stage inter, step \d+: .* is (nan|inf)"):
+        run_intrada.main([*argv, "--stage", "inter", "--learning_rate", "1e35", "--num_iterations", "3"])
+    assert (
+        not (tmp_path / "o" / "inter" / "model").exists() and not (tmp_path / "o" / "inter" / "DONE").exists()
+    )
+
+
+def test_a_crash_while_writing_the_ranking_keeps_the_earlier_one(finished_run, tmp_path, monkeypatch):
+    out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    before = (copy / "ranking" / "ranking.json").read_bytes()
+
+    def crash(result, folder, **kwargs):
+        (Path(folder) / "data-00000.parquet").write_bytes(b"half a file")
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(run_intrada, "save_ranking", crash)
+    argv = [*SMALL, "--output_dir", str(copy), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        run_intrada.main([*argv, "--stage", "rank"])
+    assert (copy / "ranking" / "ranking.json").read_bytes() == before
+    assert len(load_ranking(copy / "ranking").easy_ids) == json.loads(before)["num_easy"]
+    assert not list(copy.glob("*.incomplete"))
+
+
+def test_a_crash_while_saving_the_model_keeps_the_earlier_one(finished_run, tmp_path, monkeypatch):
+    out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    weights = (copy / "inter" / "model" / "model.safetensors").read_bytes()
+    record = (copy / "config.yaml").read_bytes()
+
+    def crash(self, model, folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"half a file")
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(SegmentationRun, "save_generator", crash)
+    argv = [*SMALL, "--output_dir", str(copy), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        run_intrada.main(
+            [*argv, "--stage", "inter", "--overwrite", "--num_iterations", "1", "--max_iters", "1"]
+        )
+    assert (copy / "inter" / "model" / "model.safetensors").read_bytes() == weights
+    assert (copy / "config.yaml").read_bytes() == record  # the failed command left the run's record
+    AutoModelForSemanticSegmentation.from_pretrained(copy / "inter" / "model")
+
+
+def test_label_spaces_and_architectures_must_agree(finished_run, tmp_path):
+    out, _ = finished_run
+    argv = [*SMALL, "--output_dir", str(tmp_path / "o"), "--synthetic_dir", str(out.parent / "synthetic")]
+    with pytest.raises(
+        UsageError, match=r"--rare_train_ids \[99\] are not classes of 'synthetic' \(train ids 0..18\)"
+    ):
+        run_intrada.main([*argv, "--rare_train_ids", "99"])
+    with pytest.raises(
+        UsageError, match=r"labelled in 'synthetic' \(19 classes\) but the run trains 'camvid'"
+    ):
+        run_intrada.main([*argv, "--label_space", "camvid"])
+    FCDiscriminator(FCDiscriminatorConfig(num_channels=19, ndf=4)).save_pretrained(tmp_path / "d")
+    with pytest.raises(UsageError, match=r"a 'intrada_fc_discriminator' model, expected 'deeplabv2'"):
+        run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "d")])
+    config = DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=5)
+    DeepLabV2ForSemanticSegmentation(config).save_pretrained(tmp_path / "g5")
+    with pytest.raises(UsageError, match=r"the model predicts 5 classes .* 'synthetic' has 19"):
+        run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "g5")])
+    assert not (tmp_path / "o" / "ranking").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
+from modeling_intrada.errors import NonFiniteLossError
 from modeling_intrada.method.adaptation import SegmentationTask, poly_learning_rate
 from modeling_intrada.models.deeplabv2.modeling_deeplabv2 import DeepLabV2SegmenterOutput
 from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
@@ -338,3 +341,110 @@ def test_tensorboard_logs_losses_and_pictures(tmp_path):
 def test_segmentation_refuses_the_classifier_frameworks(framework):
     with pytest.raises(ValueError, match=f"'{framework}' framework is for classifiers"):
         SegmentationTask(framework=framework)
+
+
+def test_a_non_finite_loss_stops_the_stage_and_saves_nothing(tmp_path):
+    # A learning rate this high makes the losses non-finite within a few steps.
+    settings = StageSettings(
+        num_iterations=20,
+        max_iters=20,
+        learning_rate=1e12,
+        log_steps=5,
+        checkpointing_steps=2,
+        snapshot_steps=None,
+    )
+    stage = make_stage(tmp_path, settings)
+    with pytest.raises(NonFiniteLossError, match=r"stage .*, step (\d+): loss\w* is (nan|inf)") as info:
+        stage.run()
+    step = stage.completed_steps
+    assert f"step {step}:" in str(info.value) and step < 20
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint*")) if step > 2 else []
+    assert f"checkpoint_{step:06d}" not in saved  # the diverged step was never saved
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("log_steps", 0), ("checkpointing_steps", -1), ("snapshot_steps", -2), ("checkpoints_total_limit", -1)],
+)
+def test_step_counts_are_validated(option, value):
+    with pytest.raises(ValueError, match=option):
+        StageSettings(**{option: value})
+
+
+def test_resuming_applies_a_smaller_checkpoint_limit(tmp_path):
+    settings = dict(num_iterations=4, max_iters=10, checkpointing_steps=1)
+    make_stage(tmp_path, StageSettings(**settings)).run()
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 4
+    resumed = make_stage(
+        tmp_path, StageSettings(**{**settings, "num_iterations": 4}, checkpoints_total_limit=2)
+    )
+    resumed.run(resume_from_checkpoint="latest")
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
+def test_a_stage_3_step_from_a_loaded_g_inter_leaves_batchnorm_affine_unchanged(tmp_path):
+    # `intra_init: inter`: G_intra starts from `from_pretrained`, which must not make BN affine trainable.
+    from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
+
+    config = DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=NUM_CLASSES)
+    DeepLabV2ForSemanticSegmentation(config).save_pretrained(tmp_path / "inter")
+    generator = DeepLabV2ForSemanticSegmentation.from_pretrained(tmp_path / "inter")
+    norms = {
+        f"{module_name}.{name}"
+        for module_name, module in generator.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, _ in module.named_parameters()
+    }
+    affine = {name: p.detach().clone() for name, p in generator.named_parameters() if name in norms}
+    assert len(affine) == len(norms) > 0
+    convs = {name: p.detach().clone() for name, p in generator.named_parameters() if name not in affine}
+    settings = StageSettings(num_iterations=1, max_iters=2, learning_rate=0.05, weight_decay=0.1)
+    make_stage(tmp_path / "intra", settings, generator=generator).run()
+    trained = dict(generator.named_parameters())
+    assert all(torch.equal(trained[name], value) for name, value in affine.items())
+    assert any(not torch.equal(trained[name], value) for name, value in convs.items())
+
+
+def after_unit_gradient_steps(generator: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> dict:
+    for parameter in generator.parameters():
+        parameter.grad = torch.ones_like(parameter) if parameter.requires_grad else None
+    for _ in range(steps):
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in generator.named_parameters()}
+
+
+@pytest.mark.parametrize("foreach_by_default", [False, True], ids=["cpu_default", "cuda_default"])
+def test_reference_duplicate_params_give_the_plain_loop_update_on_every_device(
+    tmp_path, monkeypatch, foreach_by_default
+):
+    from modeling_intrada import DeepLabV2Config, DeepLabV2ForSemanticSegmentation
+
+    def generator() -> DeepLabV2ForSemanticSegmentation:
+        torch.manual_seed(0)
+        return DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone="resnet50", num_labels=NUM_CLASSES))
+
+    def plain_sgd(model: DeepLabV2ForSemanticSegmentation, foreach: bool) -> torch.optim.SGD:
+        groups = model.parameter_groups(1e-3, reference_duplicates=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about tensors listed twice
+            return torch.optim.SGD(groups, lr=1e-3, momentum=0.9, weight_decay=5e-4, foreach=foreach)
+
+    # CUDA resolves SGD's `foreach=None` to the foreach loop; pretend this CPU does too.
+    sgd = importlib.import_module(torch.optim.SGD.__module__)
+    monkeypatch.setattr(
+        sgd, "_default_to_fused_or_foreach", lambda *args, **kwargs: (False, foreach_by_default)
+    )
+    settings = StageSettings(num_iterations=1, learning_rate=1e-3, reference_duplicate_params=True)
+    stage = make_stage(tmp_path, settings, generator=generator())
+    trained = after_unit_gradient_steps(
+        stage.accelerator.unwrap_model(stage.generator), stage.generator_optimizer
+    )
+
+    plain = generator()
+    expected = after_unit_gradient_steps(plain, plain_sgd(plain, foreach=False))
+    assert all(torch.equal(trained[name], expected[name]) for name in expected)
+    # The foreach loop steps a repeated tensor by another amount: the knob would mean another learning rate.
+    plain = generator()
+    foreach = after_unit_gradient_steps(plain, plain_sgd(plain, foreach=True))
+    name = "backbone.layer1.0.conv1.weight"  # listed 3 times
+    assert not torch.allclose(foreach[name], expected[name], rtol=0, atol=1e-6)

@@ -7,7 +7,8 @@ The evaluator is `modeling_intrada.evaluation.evaluator` (the same code as `run_
 `--help` lists every option, docs/evaluation_and_publishing.md explains the outputs and selection rules.
 """
 
+from modeling_intrada.errors import run_program
 from modeling_intrada.evaluation.evaluator import main
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from modeling_intrada.errors import run_program
 from modeling_intrada.publishing.hub import PushError, push_run_to_hub
 
 
@@ -74,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

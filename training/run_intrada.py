@@ -7,7 +7,8 @@ small backbone and prints the table of mIoU per stage. The pipeline is `modeling
 `--help` lists every option, docs/training.md the stages and the run folder.
 """
 
+from modeling_intrada.errors import run_program
 from modeling_intrada.training.pipeline import main
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

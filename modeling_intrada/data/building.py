@@ -36,16 +36,37 @@ from modeling_intrada.data.datasets import (
     write_label_space,
     write_parquet_file,
 )
+from modeling_intrada.errors import MissingInputError, UsageError
 from modeling_intrada.labels import LabelSpace, map_label_ids
 
 
-class BuildError(ValueError):
+class BuildError(UsageError):
     """The raw data is not what the builder expects (layout, pairing, file content)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
 
 
 def build_argument_parser(description: str, needs_data_dir: bool = True) -> argparse.ArgumentParser:
@@ -66,8 +87,15 @@ def build_argument_parser(description: str, needs_data_dir: bool = True) -> argp
         action="store_true",
         help="make a newly created Hub repo public (default private: check the source's licence first)",
     )
-    parser.add_argument("--num_proc", type=int, default=1, help="processes writing shards in parallel")
-    parser.add_argument("--max_shard_size", type=int, default=500, help="MB of raw files per Parquet shard")
+    parser.add_argument(
+        "--num_proc", type=positive_int, default=1, help="processes writing shards in parallel"
+    )
+    parser.add_argument(
+        "--max_shard_size",
+        type=non_negative_int,
+        default=500,
+        help="MB of raw files per Parquet shard (0: one row per shard)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing built dataset in output_dir"
     )
@@ -82,7 +110,7 @@ def build_argument_parser(description: str, needs_data_dir: bool = True) -> argp
 def require_dir(path: Path, what: str) -> Path:
     """`path` if it is a folder, else a clear error naming it and what it should hold."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; expected {what}")
+        raise MissingInputError(f"{path} does not exist; expected {what}")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder; expected {what}")
     return path
@@ -393,6 +421,10 @@ def build_dataset(
             raise BuildError(f"config {plan.config!r} split {plan.split!r} is empty: no examples found")
     if num_proc < 1:
         raise ValueError(f"--num_proc must be at least 1, got {num_proc}")
+    if max_shard_size_mb < 0:
+        raise ValueError(
+            f"--max_shard_size must be at least 0 (MB; 0: one row per shard), got {max_shard_size_mb}"
+        )
     output_dir = Path(output_dir)
     staging = _prepare_output(output_dir, overwrite)
     try:

@@ -9,7 +9,6 @@ same file write (`write_card`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 from huggingface_hub.repocard import RepoCard
 
+from modeling_intrada.atomic import write_text_atomically
+from modeling_intrada.errors import MissingInputError
 from modeling_intrada.labels import LabelSpace
 from modeling_intrada.run_layout import CARD_FILE
 
@@ -37,13 +38,7 @@ TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset.md"
 def write_card(card: RepoCard, path: str | Path) -> Path:
     """Write `card` to `path`, ending with a newline, through a temporary file renamed into place: a reader
     never sees half a card."""
-    path = Path(path)
-    text = str(card).rstrip("\n") + "\n"  # Jinja drops the template's last newline
-    temporary = path.with_name(f".{path.name}.incomplete")
-    with open(temporary, "w", newline="", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, path)
-    return path
+    return write_text_atomically(path, str(card).rstrip("\n") + "\n")  # Jinja drops the last newline
 
 
 @dataclass
@@ -143,7 +138,7 @@ def write_dataset_card(output_dir: str | Path, description: DatasetDescription) 
         for split in splits:
             files = sorted((output_dir / config).glob(f"{split}-*.parquet"))
             if not files:
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"no Parquet shard for config {config!r} split {split!r} in {output_dir}"
                 )
             num_shards[config, split] = len(files)

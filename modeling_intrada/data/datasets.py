@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from modeling_intrada.errors import MissingInputError
 from modeling_intrada.labels import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, LabelSpace, build_lut
 from modeling_intrada.models.deeplabv2.image_transforms import (
     NORMALIZATIONS,
@@ -171,7 +173,7 @@ def _local_path(source: str | Path) -> Path | None:
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; expected a built dataset folder or a Hub dataset id")
     if isinstance(source, Path) or text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"dataset folder {path} does not exist (expected a folder written by dataset_scripts/ "
             "or a Hub dataset id such as 'user/name')"
         )
@@ -290,6 +292,7 @@ def local_cache_dir(folder: str | Path, cache_dir: str | Path | None = None) -> 
     rewritten folder gets a fresh cache.
     """
     folder = Path(folder).resolve()
+    place = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
     digest = hashlib.sha256(str(folder).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         stat = path.stat()
@@ -299,7 +302,12 @@ def local_cache_dir(folder: str | Path, cache_dir: str | Path | None = None) -> 
         if cache_dir is not None
         else Path(datasets.config.HF_DATASETS_CACHE) / "intrada_local"
     )
-    return root / digest.hexdigest()[:20]
+    cache = root / f"{place}-{digest.hexdigest()[:20]}"
+    # The caches of earlier contents of the same folder (a rewritten ranking) are never read again.
+    for stale in root.glob(f"{place}-*") if root.is_dir() else []:
+        if stale != cache:
+            shutil.rmtree(stale, ignore_errors=True)
+    return cache
 
 
 def _read_metadata_file(source: str | Path, filename: str, revision: str | None) -> dict:
@@ -307,7 +315,7 @@ def _read_metadata_file(source: str | Path, filename: str, revision: str | None)
     if local is not None:
         path = local / filename
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: was {local} written by dataset_scripts/?")
+            raise MissingInputError(f"{path} is missing: was {local} written by dataset_scripts/?")
     else:
         from huggingface_hub import hf_hub_download
 

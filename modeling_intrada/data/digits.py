@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from modeling_intrada.data.datasets import load_split
+from modeling_intrada.errors import MissingInputError
 
 IMAGE_MEAN = 0.5
 IMAGE_STD = 0.5
@@ -216,7 +217,7 @@ def load_digits(
     # "data/mnist" could be a Hub id too: a missing path whose parent folder exists here is a local one.
     looks_local = path.is_absolute() or str(source).startswith((".", "~")) or path.parent.is_dir()
     if not path.exists() and looks_local and str(path.parent) != ".":
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"digits dataset {path} does not exist; build it first, e.g. `python dataset_scripts/digits.py "
             f"--dataset mnist --data_dir RAW/mnist --output_dir {path}`"
         )

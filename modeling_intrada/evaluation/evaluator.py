@@ -43,8 +43,16 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
+from modeling_intrada.atomic import write_text_atomically
 from modeling_intrada.data.datasets import ColumnLayout, is_built_dataset, read_label_space
 from modeling_intrada.data.synthetic import resolve_dataset_name
+from modeling_intrada.errors import (
+    MissingInputError,
+    UsageError,
+    check_model_reference,
+    load_pretrained,
+    user_input,
+)
 from modeling_intrada.evaluation.metrics import (
     PROTOCOLS,
     MeanIoU,
@@ -200,7 +208,7 @@ def find_snapshots(folder: str | Path) -> tuple[list[Candidate], Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"--snapshots_dir {folder}: no such folder (expected <run>/<stage>/snapshots)"
         )
     if (folder / SNAPSHOTS_DIR).is_dir() or (folder / MODEL_DIR / "config.json").is_file():
@@ -219,7 +227,7 @@ def find_snapshots(folder: str | Path) -> tuple[list[Candidate], Path]:
         if not candidates or iteration is None or iteration > candidates[-1].iteration:
             candidates.append(Candidate(str(final), iteration))
     if not candidates:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no snapshot in {folder} (iter_XXXXXX/generator/config.json) and no final model in {final}: "
             "train with --snapshot_steps N to save snapshots"
         )
@@ -249,8 +257,12 @@ def load_segmenter(
     path: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> torch.nn.Module:
     """A semantic-segmentation model from a folder or the Hub, in eval mode."""
-    model = AutoModelForSemanticSegmentation.from_pretrained(
-        path, revision=revision, trust_remote_code=trust_remote_code
+    model = load_pretrained(
+        AutoModelForSemanticSegmentation.from_pretrained,
+        path,
+        "model",
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
     return model.eval()
 
@@ -732,32 +744,39 @@ def write_outputs(
     evaluator: Evaluator, results: list[Result], snapshots: list[dict], output_dir: Path
 ) -> None:
     """metrics.json, results.md and snapshots.json (main process only)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Each file whole or not at all, metrics.json (what the cards read) last.
     document = metrics_document(evaluator, results, snapshots)
-    (output_dir / METRICS_FILE).write_text(json.dumps(document, indent=2) + "\n")
-    (output_dir / RESULTS_FILE).write_text(results_markdown(evaluator, results, snapshots))
+    write_text_atomically(output_dir / RESULTS_FILE, results_markdown(evaluator, results, snapshots))
     if snapshots:
-        (output_dir / SNAPSHOTS_FILE).write_text(json.dumps(snapshots, indent=2) + "\n")
+        write_text_atomically(output_dir / SNAPSHOTS_FILE, json.dumps(snapshots, indent=2) + "\n")
+    write_text_atomically(output_dir / METRICS_FILE, json.dumps(document, indent=2) + "\n")
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> EvaluationArguments:
     """Parse and check the command line."""
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     if bool(args.model) == bool(args.snapshots_dir):
-        raise ValueError("pass exactly one of --model (one model) and --snapshots_dir (a stage's snapshots)")
+        raise UsageError("pass exactly one of --model (one model) and --snapshots_dir (a stage's snapshots)")
     unknown = sorted(set(args.selection) - set(SELECTIONS))
     if unknown:
-        raise ValueError(f"--selection: unknown rules {unknown}; expected some of {SELECTIONS}")
+        raise UsageError(f"--selection: unknown rules {unknown}; expected some of {SELECTIONS}")
     if args.model and args.selection != ["last"]:
-        raise ValueError("--selection chooses among snapshots: it needs --snapshots_dir")
+        raise UsageError("--selection chooses among snapshots: it needs --snapshots_dir")
     if args.input_size is not None and (len(args.input_size) != 2 or min(args.input_size) < 1):
-        raise ValueError(f"--input_size takes HEIGHT WIDTH, got {args.input_size}")
+        raise UsageError(f"--input_size takes HEIGHT WIDTH, got {args.input_size}")
     if args.normalization not in (None, "caffe", "imagenet"):
-        raise ValueError(f"--normalization must be caffe or imagenet, got {args.normalization!r}")
+        raise UsageError(f"--normalization must be caffe or imagenet, got {args.normalization!r}")
     if args.mixed_precision not in (None, "no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+        raise UsageError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+    for name in ("max_images", "selection_max_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(
+                f"--{name} must be at least 1 (or unset: every image), got {getattr(args, name)}"
+            )
     if args.batch_size < 1 or args.num_pictures < 0:
-        raise ValueError("--batch_size must be at least 1 and --num_pictures at least 0")
+        raise UsageError("--batch_size must be at least 1 and --num_pictures at least 0")
+    if args.model:
+        check_model_reference(args.model, "--model")
     return args
 
 
@@ -772,7 +791,8 @@ def evaluate_and_write(
 
     Returns the metrics.json content (on every process).
     """
-    evaluator = Evaluator(args, accelerator, candidates, run_config)
+    with user_input():  # the model, the dataset and their label spaces, as the user named them
+        evaluator = Evaluator(args, accelerator, candidates, run_config)
     results, snapshots = evaluator.run()
     output_dir = Path(args.output_dir)
     # Every process saves the pictures of the first rows it evaluated (no gathering of full-size maps).

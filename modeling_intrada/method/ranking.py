@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_intrada.errors import MissingInputError, NonFiniteLossError, UsageError
 from modeling_intrada.method.losses import upsample_logits, weighted_self_information
 
 RANKING_FILE = "ranking.json"
@@ -54,6 +55,23 @@ def normalization_factor(num_rare: torch.Tensor | int, num_rare_classes: int) ->
     return (num_rare_classes - num_rare) / num_rare_classes + 0.5
 
 
+def mean_per_image(values: torch.Tensor) -> torch.Tensor:
+    """The mean of each image's values (batch, C, ...) over classes and pixels, in float32.
+
+    Summed image by image, class by class, in float64: one image's sum does not depend on its batch
+    neighbours, the batch size or the number of CPU threads. A mean over the whole flattened image lets the
+    CPU split one sum across threads (or a GPU across blocks by batch shape), and its last bits then depend
+    on how many processes share the cores, so one and several processes would not write the same ranking.
+    """
+    means = []
+    for image in values:
+        per_class = image.reshape(len(image), -1).sum(dim=1, dtype=torch.float64)
+        means.append(per_class.sum() / image.numel())
+    if not means:
+        return values.new_zeros(0)
+    return torch.stack(means).float()
+
+
 def score_logits(
     logits: torch.Tensor, rare_train_ids: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,7 +82,7 @@ def score_logits(
     `entropy` map (batch, ...) summed over classes, in [0, 1], and the argmax `prediction` (batch, ...).
     """
     information = weighted_self_information(logits)
-    raw = information.flatten(1).mean(dim=1)
+    raw = mean_per_image(information)
     prediction = logits.argmax(dim=1)
     if rare_train_ids:
         rare = torch.as_tensor(list(rare_train_ids), device=logits.device)
@@ -78,8 +96,20 @@ def score_logits(
 def split_by_score(scores: Sequence[float], keys: Sequence[int], lambda_easy: float) -> tuple[list[int], int]:
     """Ascending order of `scores` (ties broken by `keys`) and the number of easy images, int(N * lambda)."""
     lambda_easy = check_lambda(lambda_easy)
+    bad = [key for score, key in zip(scores, keys) if not math.isfinite(score)]
+    if bad:
+        raise NonFiniteLossError(
+            f"{len(bad)} of {len(scores)} images score NaN or infinity (e.g. image {bad[0]}): the model's "
+            "predictions are not finite; retrain it (its weights or inputs hold NaN)"
+        )
+    num_easy = int(len(scores) * lambda_easy)
+    if num_easy == 0:
+        raise UsageError(
+            f"lambda_easy={lambda_easy} leaves no easy image among {len(scores)}: stage 3 needs pseudo labels; "
+            f"use a lambda_easy of at least {1 / max(len(scores), 1):.3g}"
+        )
     order = sorted(range(len(scores)), key=lambda i: (scores[i], keys[i]))
-    return order, int(len(scores) * lambda_easy)
+    return order, num_easy
 
 
 def segmentation_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -406,6 +436,15 @@ class RankingSplits:
         return np.asarray(label, dtype=np.uint8) if isinstance(label, Image.Image) else int(label)
 
 
+def check_ranking_folder(path: str | Path) -> None:
+    """Refuse a local folder that is not a complete ranking-splits artifact."""
+    path = Path(path)
+    if not (path / RANKING_FILE).is_file() or not list(path.glob(DATA_FILES)):
+        raise MissingInputError(
+            f"{path} is not a ranking-splits folder (expected {RANKING_FILE} and {DATA_FILES})"
+        )
+
+
 def load_ranking(source: str | Path, revision: str | None = None) -> RankingSplits:
     """Read a ranking-splits artifact from a local folder or a Hub dataset id."""
     import datasets
@@ -414,10 +453,7 @@ def load_ranking(source: str | Path, revision: str | None = None) -> RankingSpli
 
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / RANKING_FILE).is_file() or not list(path.glob(DATA_FILES)):
-            raise FileNotFoundError(
-                f"{path} is not a ranking-splits folder (expected {RANKING_FILE} and {DATA_FILES})"
-            )
+        check_ranking_folder(path)
         summary_path = path / RANKING_FILE
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         table = datasets.load_dataset(str(path), split="train", cache_dir=str(local_cache_dir(path)))

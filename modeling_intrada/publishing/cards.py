@@ -41,6 +41,7 @@ from modeling_intrada import DeepLabV2Config, FeatureDiscriminatorConfig
 from modeling_intrada.data.dataset_card import REPO_ID_PLACEHOLDER, write_card
 from modeling_intrada.data.datasets import LABEL_SPACE_FILE
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET, synthetic_dir_of
+from modeling_intrada.errors import MissingInputError
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
@@ -220,7 +221,7 @@ def read_metrics_file(path: str | Path, run_dir: str | Path | None = None) -> li
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"metrics file {path} does not exist")
+        raise MissingInputError(f"metrics file {path} does not exist")
     data = json.loads(path.read_text())
     if not (
         isinstance(data, dict)
@@ -282,7 +283,7 @@ class RunSummary:
         layout = RunLayout(output_dir)
         output_dir = layout.output_dir
         if not layout.config_file.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{output_dir} is not a run folder of training/run_intrada.py: {layout.config_file} is missing"
             )
         config = yaml.safe_load(layout.config_file.read_text()) or {}
@@ -314,7 +315,7 @@ class RunSummary:
         if stage not in TRAINING_STAGES:
             raise ValueError(f"stage must be one of {TRAINING_STAGES}, got {stage!r}")
         if not self.layout.has_model(stage):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{self.layout.model_dir(stage)} holds no model (config.json): did stage {stage!r} of the "
                 "run finish?"
             )
@@ -325,7 +326,7 @@ class RunSummary:
         for stage in reversed(STAGES):
             if self.layout.has_model(stage):
                 return stage
-        raise FileNotFoundError(f"{self.output_dir} holds neither inter/model nor intra/model")
+        raise MissingInputError(f"{self.output_dir} holds neither inter/model nor intra/model")
 
     def results_for(self, stage: str) -> list[MeasuredResult]:
         """The results measured on a stage's generator (its final model or its snapshots)."""
@@ -356,7 +357,7 @@ def built_dataset_card(folder: str | Path) -> DatasetCard:
     """
     path = Path(folder) / CARD_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: was {folder} written by dataset_scripts/?")
+        raise MissingInputError(f"{path} is missing: was {folder} written by dataset_scripts/?")
     card = DatasetCard.load(path)
     missing = [key for key in ("license", "configs") if not card.data.get(key)]
     if missing:
@@ -763,7 +764,7 @@ def discriminator_card(run: RunSummary, stage: str, level: str, repo_id: str | N
         )
     folder = run.layout.discriminator_dir(stage, level)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no discriminator (config.json)")
+        raise MissingInputError(f"{folder} holds no discriminator (config.json)")
     config = _model_config(folder)
     framework = _framework(run.config, stage)
     feature_level = config.get("model_type") == FeatureDiscriminatorConfig.model_type
@@ -868,7 +869,7 @@ def ranking_card(
     layout = run.layout
     data_files = sorted(layout.ranking_dir.glob(RANKING_DATA_FILES))
     if run.ranking is None or not data_files:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{layout.ranking_dir} is not a ranking-splits folder (ranking.json and {RANKING_DATA_FILES}): "
             "stage 2 was not run"
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 from huggingface_hub.repocard import RepoCard
 
 from modeling_intrada.data.dataset_card import write_card
+from modeling_intrada.errors import MissingInputError
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
 from modeling_intrada.publishing.cards import RunSummary, run_cards
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS
@@ -93,7 +94,7 @@ def check_model_folder(folder: Path) -> None:
     """
     missing = [name for name in MODEL_FILES_REQUIRED if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} lacks {missing}: expected a folder written by save_pretrained")
+        raise MissingInputError(f"{folder} lacks {missing}: expected a folder written by save_pretrained")
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
     if not auto_map:
         raise ValueError(
@@ -103,7 +104,7 @@ def check_model_folder(folder: Path) -> None:
     modules = {reference.split(".")[0] for reference in auto_map.values()}
     absent = sorted(m + ".py" for m in modules if not (folder / f"{m}.py").is_file())
     if absent:
-        raise FileNotFoundError(f"{folder}: auto_map names {absent}, which are not in the folder")
+        raise MissingInputError(f"{folder}: auto_map names {absent}, which are not in the folder")
 
 
 def plan_model_upload(
@@ -129,7 +130,7 @@ def plan_model_upload(
             level for level in LEVELS if (layout.discriminator_dir(stage, level) / "config.json").is_file()
         ]
         if not levels:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"push_discriminators: {layout.stage_dir(stage) / DISCRIMINATORS_DIR} holds no discriminator "
                 "(aux/ or main/)"
             )
@@ -148,7 +149,7 @@ def plan_ranking_upload(run: RunSummary, repo_id: str, cards: Mapping[Path, Repo
     """The files of the ranking-splits dataset repository: Parquet, statistics, picture and card."""
     folder = run.layout.ranking_dir
     if not run.layout.ranking_summary.is_file() or not list(folder.glob(RANKING_DATA_FILES)):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{folder} is not a ranking-splits folder ({run.layout.ranking_summary.name} and {RANKING_DATA_FILES})"
         )
     plan = UploadPlan("ranking splits", repo_id, "dataset", _folder_files(folder))

@@ -30,6 +30,7 @@ from transformers import HfArgumentParser
 from modeling_intrada import DeepLabV2Config, DigitClassifierConfig
 from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
+from modeling_intrada.errors import MissingInputError, UsageError, check_model_reference, user_input
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
 from modeling_intrada.method.ranking import check_lambda
 from modeling_intrada.run_layout import LOGS_DIR, TRAINING_STAGES
@@ -145,6 +146,12 @@ class RunArguments:
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "latest | PATH (of the stage running)"}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "re-run a training stage that already finished in output_dir, replacing its outputs"
+        },
     )
     report_to: str | None = field(
         default=None, metadata={"help": "tensorboard (or another accelerate tracker)"}
@@ -381,15 +388,28 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """The `option: value` mapping of a YAML config, with renamed and unknown options refused."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise MissingInputError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not valid YAML ({error}); fix the file") from error
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of option: value, got {type(values).__name__}")
+        raise UsageError(
+            f"{path} must hold a mapping of option: value, got a {type(values).__name__}; write one "
+            "`option: value` per line"
+        )
     check_renamed(values, where=f"{path}: ")
-    known = {f.name for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    # The annotations, not the fields' types: HfArgumentParser rewrites those.
+    annotations = {name: str(a) for cls in ALL_ARGUMENTS for name, a in cls.__annotations__.items()}
+    unknown = sorted(set(values) - set(annotations))
     if unknown:
         raise ValueError(f"{path}: unknown options {unknown}; see `run_intrada.py --help`")
+    for name, value in values.items():
+        # HfArgumentParser takes YAML values as defaults, unchecked: a scalar for a list would fail later.
+        if "list[" in annotations[name] and value is not None and not isinstance(value, list):
+            raise UsageError(
+                f"{path}: option {name} takes a list, got {value!r}; write {name}: [{value}, ...] in YAML"
+            )
     return values
 
 
@@ -409,7 +429,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
     The task (`--task`, else the config's `task:`, else segmentation) chooses the defaults: its own
     (`TASK_DEFAULTS`), and for segmentation without `--config` the embedded default config.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything below reads what the user gave: its ValueErrors are the user's to fix (`UsageError`).
+    with user_input():
+        return _parse_arguments(list(sys.argv[1:] if argv is None else argv))
+
+
+def _parse_arguments(argv: list[str]) -> Arguments:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     pre.add_argument("--task", default=None)
@@ -425,6 +450,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
     parser.add_argument("--config", default=None, help="YAML file with any of the options below")
     parser.set_defaults(**{**TASK_DEFAULTS[task], **values, "task": task})
     args = Arguments(*parser.parse_args_into_dataclasses(args=rest)[:4])
+    for arguments in args:
+        # The help of optional options says "None: ...": take the word as the value, as YAML's null. (The
+        # annotations, not the fields: HfArgumentParser rewrites the fields' types.)
+        for name, annotation in type(arguments).__annotations__.items():
+            if "None" in str(annotation) and getattr(arguments, name) in ("None", "none", "null"):
+                setattr(arguments, name, None)
     check_task_options(args, given=values)
     validate(args)
     return args
@@ -482,6 +513,8 @@ def validate(args: Arguments) -> None:
         check_framework(run.intra_framework)
     if run.intra_num_iterations is not None and run.intra_num_iterations < 0:
         raise ValueError(f"--intra_num_iterations must be >= 0, got {run.intra_num_iterations}")
+    if run.task == "digits" and args.digits.source_num_iterations < 0:  # before the source stage's settings
+        raise ValueError(f"--source_num_iterations must be >= 0, got {args.digits.source_num_iterations}")
     for stage in TRAINING_STAGES:
         if stage in TASK_STAGES[run.task]:
             stage_settings(args, stage)  # raises on a stage that cannot train (e.g. nothing to learn)
@@ -495,6 +528,8 @@ def validate(args: Arguments) -> None:
             raise ValueError(f"--{name} must be at least 1, got {getattr(run, name)}")
     if run.push_to_hub and not run.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user/name")
+    if run.inter_model:
+        check_model_reference(run.inter_model, "--inter_model")
     (validate_segmentation if run.task == "segmentation" else validate_digits)(args)
 
 

@@ -30,8 +30,10 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
+from modeling_intrada.atomic import atomic_folder, write_text_atomically
+from modeling_intrada.errors import MissingInputError, NonFiniteLossError, UsageError
 from modeling_intrada.evaluation.segmentation import sharded_batches
-from modeling_intrada.method.ranking import rank_by_entropy, save_ranking
+from modeling_intrada.method.ranking import check_ranking_folder, rank_by_entropy, save_ranking
 from modeling_intrada.publishing.cards import write_run_cards
 from modeling_intrada.publishing.hub import push_run_to_hub
 from modeling_intrada.run_layout import TRAINING_STAGES
@@ -127,11 +129,23 @@ def adaptation_stage(run: Run, stage: str) -> Path:
     if resume == "latest" and not list_checkpoints(layout.checkpoints_dir(stage)):
         resume = None  # nothing of this stage to resume: start it
     loop.run(resume_from_checkpoint=resume)
+    # The last update comes after the last loss checked: refuse to save weights it made non-finite.
+    generator = accelerator.unwrap_model(loop.generator)
+    if not all(torch.isfinite(p).all() for p in generator.parameters()):
+        raise NonFiniteLossError(
+            f"stage {stage}, step {loop.completed_steps}: G's weights are not finite after the last update "
+            "(training diverged; no model saved): lower --learning_rate"
+        )
     if accelerator.is_main_process:
-        run.save_generator(accelerator.unwrap_model(loop.generator), layout.model_dir(stage))
-        for name, d in zip(loop.task.level_names, loop.discriminators):
-            accelerator.unwrap_model(d).save_pretrained(layout.discriminator_dir(stage, name))
-        layout.done_file(stage).write_text(f"{loop.completed_steps}\n")
+        # Each folder whole or not at all: a crash keeps the previous model and discriminators readable.
+        with atomic_folder(layout.model_dir(stage)) as staging:
+            run.save_generator(generator, staging)
+        names = loop.task.level_names
+        if loop.discriminators:
+            with atomic_folder(layout.discriminator_dir(stage, names[0]).parent) as staging:
+                for name, d in zip(names, loop.discriminators):
+                    accelerator.unwrap_model(d).save_pretrained(staging / name)
+        write_text_atomically(layout.done_file(stage), f"{loop.completed_steps}\n")
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not `end_training`: it would also end the process group
         tracker.finish()
@@ -163,17 +177,20 @@ def rank_stage(run: Run) -> Path:
     )
     folder = run.layout.ranking_dir
     if accelerator.is_main_process:
-        save_ranking(
-            result,
-            folder,
-            target_dataset=run.target_description(),
-            model_name=run.model_path("inter"),
-            image_loader=images.image,
-        )
-        report = run.ranking_report(result, images, model, accelerator.device)
-        if report:
-            summary = json.loads(run.layout.ranking_summary.read_text())
-            run.layout.ranking_summary.write_text(json.dumps({**summary, **report}, indent=2) + "\n")
+        # Written beside the old ranking and renamed into place: stage 3 never reads a mix of the two.
+        with atomic_folder(folder) as staging:
+            save_ranking(
+                result,
+                staging,
+                target_dataset=run.target_description(),
+                model_name=run.model_path("inter"),
+                image_loader=images.image,
+            )
+            report = run.ranking_report(result, images, model, accelerator.device)
+            if report:
+                summary_file = staging / run.layout.ranking_summary.name
+                summary = json.loads(summary_file.read_text())
+                summary_file.write_text(json.dumps({**summary, **report}, indent=2) + "\n")
         print(
             f"ranking: {result.num_easy} easy / {result.num_hard} hard (lambda {result.lambda_easy}) -> {folder}"
         )
@@ -183,11 +200,62 @@ def rank_stage(run: Run) -> Path:
 
 def write_config(run: Run) -> None:
     """config.yaml: every option of the run, validated; written whole or not at all."""
-    path = run.layout.config_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".incomplete")
-    temporary.write_text(yaml.safe_dump(run_config(run.args), sort_keys=False))
-    temporary.replace(path)
+    write_text_atomically(run.layout.config_file, yaml.safe_dump(run_config(run.args), sort_keys=False))
+
+
+def stages_to_run(run: Run) -> list[str]:
+    """The stages this command runs: with `--stage all --resume_from_checkpoint`, finished training stages
+    are skipped."""
+    options = run.args.run
+    stages = []
+    for stage in run.stages if options.stage == "all" else (options.stage,):
+        finished = stage in TRAINING_STAGES and run.layout.done_file(stage).is_file()
+        if finished and options.stage == "all" and options.resume_from_checkpoint:
+            print(f"{stage}: already complete in {run.layout.stage_dir(stage)}, skipped")
+            continue
+        stages.append(stage)
+    return stages
+
+
+def check_not_finished(run: Run, stages: Sequence[str]) -> None:
+    """A finished training stage runs again only with `--overwrite` (its model would be replaced)."""
+    for stage in stages:
+        if stage in TRAINING_STAGES and run.layout.done_file(stage).is_file() and not run.args.run.overwrite:
+            raise UsageError(
+                f"stage {stage} already finished in {run.layout.stage_dir(stage)}: pass --overwrite to train it "
+                "again (replacing its model), or --resume_from_checkpoint latest with --stage all to skip it"
+            )
+
+
+def models_needed(run: Run, stage: str) -> list[str]:
+    """The stages whose saved G `stage` starts from or reads."""
+    options = run.args.run
+    if stage == "rank":
+        return ["inter"]
+    if stage == "intra" and options.intra_init in ("inter", "source"):
+        return [options.intra_init]
+    if stage == "inter" and options.task == "digits" and run.args.digits.inter_init == "source":
+        return ["source"]
+    return []
+
+
+def check_stage_inputs(run: Run, stages: Sequence[str]) -> None:
+    """Refuse, before anything is written, a stage whose inputs neither exist nor come from an earlier stage
+    of this command: G_inter for the ranking and stage 3, the ranking for stage 3."""
+    options = run.args.run
+    for index, stage in enumerate(stages):
+        earlier = stages[:index]
+        for needed in models_needed(run, stage):
+            if needed not in earlier:
+                run.model_path(needed)  # raises, saying which stage to run first
+        if stage == "intra" and options.ranking and Path(options.ranking).expanduser().exists():
+            check_ranking_folder(options.ranking)
+        ranking_missing = not options.ranking and not run.layout.ranking_summary.is_file()
+        if stage == "intra" and "rank" not in earlier and ranking_missing:
+            raise MissingInputError(
+                f"stage 3 reads the ranking, which is not at {run.layout.ranking_dir}: run --stage rank "
+                "first or pass --ranking"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -200,18 +268,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if options.keep_freed_memory and process_state().device.type == "cpu":
         keep_freed_memory()  # glibc would return freed pages and fault them in again every iteration
     run = make_run(args)
+    stages = stages_to_run(run)
+    check_stage_inputs(run, stages)
+    check_not_finished(run, stages)
+    previous_config = run.layout.config_file.read_text() if run.layout.config_file.is_file() else None
     if process_state().is_main_process:
-        write_config(run)
+        write_config(run)  # only now: every option and input above is checked
+    finished: list[str] = []
+    try:
+        return run_stages(run, stages, finished)
+    except BaseException:
+        if process_state().is_main_process and previous_config is not None and not finished:
+            # A command that failed before finishing a stage replaced no output: keep the record that
+            # describes them.
+            write_text_atomically(run.layout.config_file, previous_config)
+        raise
+
+
+def run_stages(run: Run, stages: Sequence[str], finished: list[str]) -> dict:
+    """Run `stages` in order, the cards after each, then the push; returns the eval results (if run).
+    Each finished stage is appended to `finished`."""
+    options = run.args.run
     results: dict = {}
-    for stage in run.stages if options.stage == "all" else (options.stage,):
-        if (
-            options.stage == "all"
-            and stage in TRAINING_STAGES
-            and run.layout.done_file(stage).is_file()
-            and options.resume_from_checkpoint
-        ):
-            print(f"{stage}: already complete in {run.layout.stage_dir(stage)}, skipped")
-            continue
+    for stage in stages:
         if stage == "rank":
             rank_stage(run)
         elif stage == "eval":
@@ -219,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             log_evaluation(run, results)
         else:
             adaptation_stage(run, stage)
+        finished.append(stage)
         if process_state().is_main_process:
             # After every stage, so that each saved folder carries its README.md even if a later stage fails.
             write_run_cards(run.layout.output_dir)

@@ -20,6 +20,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from modeling_intrada.atomic import atomic_folder
+from modeling_intrada.errors import MissingInputError, NonFiniteLossError
 from modeling_intrada.method.adaptation import (
     DISCRIMINATOR_FRAMEWORKS,
     SOURCE_LABEL,
@@ -99,7 +101,8 @@ class StageSettings:
     reference_duplicate_params: bool = field(
         default=False,
         metadata={
-            "help": "list backbone tensors with the reference code's repetitions (~3x backbone lr); for comparison"
+            "help": "list backbone tensors with the reference code's repetitions (~3x backbone lr, the plain "
+            "per-tensor SGD loop on every device); for comparison"
         },
     )
     disc_learning_rate: float = 1e-4
@@ -151,6 +154,11 @@ class StageSettings:
             )
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be at least 1")
+        if self.log_steps < 1:
+            raise ValueError(f"log_steps must be at least 1, got {self.log_steps}")
+        for name in ("checkpointing_steps", "checkpoints_total_limit", "snapshot_steps", "image_log_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 or None: never), got {getattr(self, name)}")
         if len(self.disc_betas) != 2:
             raise ValueError(f"disc_betas takes two numbers, got {self.disc_betas}")
         if not self.segmentation_loss and self.framework == "source_only":
@@ -334,9 +342,15 @@ class AdaptationStage:
         )
 
     def _optimizer_options(self) -> dict[str, bool]:
-        """`foreach=True` or `fused=True` for `optimizer_implementation`; nothing for PyTorch's default."""
-        implementation = self.settings.optimizer_implementation
-        return {} if implementation == "default" else {implementation: True}
+        """G's optimizer loop: `foreach=True` or `fused=True` for `optimizer_implementation`, PyTorch's
+        default otherwise, and always the plain per-tensor loop with `reference_duplicate_params`."""
+        s = self.settings
+        if s.reference_duplicate_params:
+            # A tensor listed k times is stepped k times by the plain per-tensor loop (torch 0.4.1's update,
+            # 3x / 4x the backbone lr); the foreach loop, CUDA's default, reads stale values for the repeats
+            # (3.32x / 4.65x). Forcing the plain loop gives the knob the same meaning on every device.
+            return {"foreach": False}
+        return {} if s.optimizer_implementation == "default" else {s.optimizer_implementation: True}
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -488,8 +502,11 @@ class AdaptationStage:
             self.optimizer_step()
             self.completed_steps += 1
             progress.update(1)
-            if self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations:
+            logged = self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations
+            if logged:
                 last = self._log(totals, learning_rates, progress)
+            elif self._saves_at(self.completed_steps):
+                self._check_finite(self._reduce(totals))  # never save the weights of a diverged run
             totals = {}
             if s.image_log_steps and self.completed_steps % s.image_log_steps == 0:
                 self._log_picture(source, target)
@@ -506,17 +523,38 @@ class AdaptationStage:
         self, totals: dict[str, torch.Tensor], learning_rates: dict[str, float], progress
     ) -> dict[str, float]:
         # The one host synchronisation: losses averaged over processes, every `log_steps` steps.
-        values = {}
-        for name, value in totals.items():
-            values[name] = float(self.accelerator.reduce(value.float(), reduction="mean"))
-        if any(not math.isfinite(v) for v in values.values()):
-            logger.warning("non-finite loss at iteration %d: %s", self.completed_steps, values)
+        values = self._reduce(totals)
+        self._check_finite(values)
         values.update(learning_rates)
         self.accelerator.log(values, step=self.completed_steps)
         progress.set_postfix(
             {k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")}, refresh=False
         )
         return values
+
+    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's losses averaged over processes (a collective: every process gets the same numbers)."""
+        return {
+            name: float(self.accelerator.reduce(v.float(), reduction="mean")) for name, v in totals.items()
+        }
+
+    def _saves_at(self, step: int) -> bool:
+        s = self.settings
+        return bool(
+            (s.checkpointing_steps and step % s.checkpointing_steps == 0)
+            or (s.snapshot_steps and step % s.snapshot_steps == 0)
+        )
+
+    def _check_finite(self, values: dict[str, float]) -> None:
+        """Stop on a NaN or infinite loss: the weights are lost, and training on would save them."""
+        bad = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise NonFiniteLossError(
+                f"stage {self.output_dir.name}, step {self.completed_steps}: {name} is {value} (training "
+                "diverged; nothing of this step was saved): lower --learning_rate or resume from an earlier "
+                "checkpoint"
+            )
 
     def _log_picture(self, source: dict, target: dict | None) -> None:
         if self.picture is None or not self.accelerator.is_main_process:
@@ -583,6 +621,8 @@ class AdaptationStage:
             )
         self.accelerator.load_state(str(path))
         self.completed_steps, self.micro_step = int(state["iteration"]), int(state["micro_step"])
+        if self.accelerator.is_main_process:
+            self._prune_checkpoints()  # a smaller --checkpoints_total_limit applies from the resume on
         logger.info("resumed from %s at iteration %d", path, self.completed_steps)
 
     def save_snapshot(self, folder: Path) -> None:
@@ -590,13 +630,14 @@ class AdaptationStage:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            generator = acc.unwrap_model(self.generator)
-            if self.save_generator is not None:
-                self.save_generator(generator, folder / "generator")
-            else:
-                generator.save_pretrained(folder / "generator")
-            for name, d in zip(self.task.level_names, self.discriminators):
-                acc.unwrap_model(d).save_pretrained(folder / f"discriminator_{name}")
+            with atomic_folder(folder) as staging:  # a killed save leaves no half snapshot to select
+                generator = acc.unwrap_model(self.generator)
+                if self.save_generator is not None:
+                    self.save_generator(generator, staging / "generator")
+                else:
+                    generator.save_pretrained(staging / "generator")
+                for name, d in zip(self.task.level_names, self.discriminators):
+                    acc.unwrap_model(d).save_pretrained(staging / f"discriminator_{name}")
         acc.wait_for_everyone()
 
 
@@ -615,11 +656,11 @@ def resolve_checkpoint(which: str, folder: Path) -> Path:
     if which == "latest":
         found = list_checkpoints(folder)
         if not found:
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
+            raise MissingInputError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
         return found[-1]
     path = Path(which)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} is not a checkpoint folder (expected {STATE_FILE} written by save_state)"
         )
     return path

@@ -78,6 +78,8 @@ class DeepLabV2Config(PreTrainedConfig):
             raise ValueError(
                 f"Unknown backbone {self.backbone!r}: expected one of {sorted(RESNET_DEPTHS)} or 'timm:<model name>'."
             )
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1, got {self.num_labels}.")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}.")
         if self.atrous_implementation not in ATROUS_IMPLEMENTATIONS:

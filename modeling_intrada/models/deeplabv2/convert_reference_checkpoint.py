@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from modeling_intrada.atomic import atomic_folder
 from modeling_intrada.labels import get_label_space
 from modeling_intrada.models.fc_discriminator.configuration_fc_discriminator import FCDiscriminatorConfig
 from modeling_intrada.models.fc_discriminator.modeling_fc_discriminator import FCDiscriminator
@@ -221,6 +222,19 @@ def convert_checkpoint(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if (
+        Path(output_dir).is_dir()
+        and any(Path(output_dir).iterdir())
+        and not (Path(output_dir) / "config.json").is_file()
+    ):
+        raise ValueError(
+            f"--output_dir {output_dir} holds files but no saved model (config.json): it would be replaced; "
+            "pick a new or empty folder, or a folder of an earlier conversion"
+        )
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(
+            f"--output_dir {output_dir} is a file: expected a folder (new or existing); pick another path"
+        )
     if isinstance(checkpoint, Mapping):
         state_dict = unwrap_state_dict(checkpoint)
     else:
@@ -229,17 +243,20 @@ def convert_checkpoint(
         kind = detect_kind(state_dict)
     output_dir = Path(output_dir)
     if kind == "discriminator":
-        load_discriminator(state_dict).save_pretrained(output_dir)
-        return output_dir
-    if kind == "imagenet":
+        model = load_discriminator(state_dict)
+    elif kind == "imagenet":
         model = load_imagenet_init(state_dict, num_labels or 19, bool(single_level))
     else:
         model = load_generator(strip_prefix(state_dict, "Scale."), num_labels, single_level)
-    model.save_pretrained(output_dir)
-    height, width = image_size
-    DeepLabV2ImageProcessor(size={"height": height, "width": width}, normalization="caffe").save_pretrained(
-        output_dir
-    )
+    # Whole or not at all: written beside output_dir, renamed into place (an earlier conversion stays
+    # readable until then).
+    with atomic_folder(output_dir) as staging:
+        model.save_pretrained(staging)
+        if kind != "discriminator":
+            height, width = image_size
+            DeepLabV2ImageProcessor(
+                size={"height": height, "width": width}, normalization="caffe"
+            ).save_pretrained(staging)
     return output_dir
 
 

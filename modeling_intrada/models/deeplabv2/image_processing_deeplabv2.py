@@ -26,7 +26,13 @@ def _to_pil(image: Any, mode: str) -> Image.Image:
         raise ValueError(
             f"expected an RGB image (H x W x 3 or 3 x H x W), got an array of shape {array.shape}"
         )
+    if array.size == 0:
+        raise ValueError(f"expected an image of at least 1x1 pixels, got an array of shape {array.shape}")
     if mode == "RGB" and array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise ValueError(
+                "the image holds NaN or infinite values: expected pixel values in 0..255 or 0..1"
+            )
         if array.size and float(array.max()) <= 1.0:
             array = array * 255.0
         array = np.clip(np.rint(array), 0, 255).astype(np.uint8)

@@ -317,17 +317,32 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
             else None
         )
         self.main_head = ASPPClassifier(main_channels, config.num_labels, config.aspp_dilations)
-        # BatchNorm affine parameters exist but are never trained (SPEC 1).
-        for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for parameter in module.parameters(recurse=False):
-                    parameter.requires_grad_(False)
         space_to_batch = {"space_to_batch": self, "space_to_batch_backbone": self.backbone}
         if config.atrous_implementation in space_to_batch:
             for module in space_to_batch[config.atrous_implementation].modules():
                 if isinstance(module, AtrousConv2d):
                     module.space_to_batch = True
+        self.freeze_batch_norm_affine()
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with the backbone's BatchNorm affine parameters frozen again.
+
+        transformers replaces the loaded parameters with new `nn.Parameter`s whose `requires_grad` is True, which
+        would make the BatchNorm affine tensors trainable (SPEC 1 says they never are).
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze_batch_norm_affine()
+        return loaded
+
+    def freeze_batch_norm_affine(self) -> None:
+        """Set `requires_grad=False` on every BatchNorm weight and bias of the backbone (SPEC 1), timm's too."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for parameter in module.parameters(recurse=False):
+                    parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> DeepLabV2ForSemanticSegmentation:
         """Set train/eval mode; with `bn_mode="frozen"` the backbone's BatchNorm layers stay in eval mode."""
@@ -354,6 +369,13 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
             raise ValueError(
                 f"pixel_values must have {self.config.num_channels} channels, got {pixel_values.shape[1]} "
                 f"(shape {tuple(pixel_values.shape)})"
+            )
+        if not pixel_values.is_floating_point() or (
+            pixel_values.dtype == torch.float64 and self.dtype != torch.float64
+        ):
+            raise ValueError(
+                f"pixel_values must be a float tensor ({self.dtype}, as the image processor returns), got "
+                f"{pixel_values.dtype}: preprocess the images with the image processor"
             )
         aux_features, main_features = self.backbone(pixel_values)
         logits = self.main_head(main_features)
@@ -390,7 +412,9 @@ class DeepLabV2ForSemanticSegmentation(DeepLabV2PreTrainedModel):
         Each group carries `lr_multiplier` so that a schedule can set `lr = base * multiplier`.
         `reference_duplicates=True` lists the backbone tensors with the repetitions of the authors' code; current
         PyTorch then steps each repeated tensor several times per iteration (about 3x the backbone learning rate,
-        with a warning from `torch.optim`). It exists to compare against the reference, not to train with.
+        with a warning from `torch.optim`) with the plain per-tensor loop, `foreach=False`, which the optimizer must
+        then use (the foreach loop gives other factors). It exists to compare against the reference, not to train
+        with.
         """
         backbone = (
             list(self.backbone.reference_parameter_order())

@@ -12,6 +12,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers import PreTrainedModel
 
+from modeling_intrada.errors import MissingInputError, UsageError, load_pretrained
 from modeling_intrada.method.adaptation import ClassificationTask, SegmentationTask
 from modeling_intrada.method.ranking import RankingResult
 from modeling_intrada.run_layout import RunLayout
@@ -67,14 +68,29 @@ class Run(ABC):
             return self.args.run.inter_model
         if not self.layout.has_model(stage):
             hint = " or pass --inter_model" if stage == "inter" else ""
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"the {stage} model is not at {self.layout.model_dir(stage)}: run --stage {stage} first{hint}"
             )
         return str(self.layout.model_dir(stage))
 
     def load_model(self, stage: str) -> PreTrainedModel:
         """The model a finished stage saved (`inter`: or --inter_model)."""
-        return self.model_class.from_pretrained(self.model_path(stage))
+        option = "--inter_model" if stage == "inter" and self.args.run.inter_model else f"the {stage} model"
+        path = self.model_path(stage)
+        config, _ = load_pretrained(self.model_class.config_class.get_config_dict, path, option)
+        expected = self.model_class.config_class.model_type
+        if config.get("model_type") != expected:
+            # from_pretrained would load nothing into a model of another architecture, and say so only in a log
+            raise UsageError(
+                f"{option} {path}: a {config.get('model_type')!r} model, expected {expected!r} (this run's "
+                "architecture); pass a model saved by this task's stage"
+            )
+        self.check_model_labels(config, f"{option} {path}")
+        return load_pretrained(self.model_class.from_pretrained, path, option)
+
+    def check_model_labels(self, config: dict[str, Any], where: str) -> None:
+        """Refuse a saved model whose classes are not the run's (a task with a label space checks it)."""
+        return None
 
     def save_generator(self, model: PreTrainedModel, folder: Path) -> None:
         """G as `from_pretrained` loads it (segmentation adds its image processor)."""

