@@ -5,8 +5,8 @@
 A `UsageError` is raised for a bad option, a missing or unreadable input, or a refused request (re-running
 a finished stage without `--overwrite`). `run_program` wraps every program's entry point: it prints a
 `UsageError` as that one line on stderr and exits with status 2 (argparse's convention), without a
-traceback; a training stopped by a signal (`TrainingStopped`) exits with 128 + the signal's number. Anything else is a bug and keeps its traceback. `INTRADA_DEBUG=1` shows the traceback of a
-`UsageError` too.
+traceback; a training stopped by a signal (`TrainingStopped`) exits with 128 + the signal's number.
+Anything else is a bug and keeps its traceback. `INTRADA_DEBUG=1` shows the traceback of a `UsageError` too.
 """
 
 from __future__ import annotations

@@ -434,12 +434,15 @@ class AdaptationStage:
     def _stop_requested(self, stop: StopSignals, launcher: int) -> int:
         """The signal that asks this run to stop (0: none), agreed by all processes at a step boundary.
 
-        SIGTERM and SIGINT are recorded by `stop`; a changed parent process means the launcher is gone (it
-        was killed without passing the signal on), counted as SIGHUP. All processes stop after the same step,
-        or the ones that go on would wait for the others in the next gradient all-reduce.
+        SIGTERM and SIGINT are recorded by `stop`. A worker of several processes whose parent changed has
+        lost its launcher (killed without passing the signal on), counted as SIGHUP; one process alone keeps
+        going when its shell goes (`nohup`). All processes stop after the same step, or the ones that go on
+        would wait for the others in the next gradient all-reduce.
         """
-        requested = stop.requested or (signal.SIGHUP if os.getppid() != launcher else 0)
-        if self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        several = self.accelerator.num_processes > 1 and torch.distributed.is_initialized()
+        orphaned = several and os.getppid() != launcher
+        requested = stop.requested or (signal.SIGHUP if orphaned else 0)
+        if several:
             flag = torch.tensor([int(requested)], device=self.accelerator.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             requested = int(flag.item())
