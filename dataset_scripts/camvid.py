@@ -75,7 +75,9 @@ def _from_list_file(data_dir: Path, list_file: Path, segnet_split: str) -> list[
         if not image.is_file():
             raise building.BuildError(f"{list_file}:{line_number}: image {image} does not exist")
         if not label.is_file():
-            raise building.BuildError(f"{list_file}:{line_number}: image {image} has no label: {label} does not exist")
+            raise building.BuildError(
+                f"{list_file}:{line_number}: image {image} has no label: {label} does not exist"
+            )
         examples.append(_example(image, label, segnet_split))
     if not examples:
         raise building.BuildError(f"{list_file} lists no image: the {segnet_split} split is empty")
@@ -112,7 +114,9 @@ def list_plans(data_dir: Path) -> list[building.SplitPlan]:
         for s in SEGNET_SPLITS
     ]
     plans += [
-        building.SplitPlan("source", "train", lit(["train", "val"], "day"), labelled, row_maker, building.example_bytes),
+        building.SplitPlan(
+            "source", "train", lit(["train", "val"], "day"), labelled, row_maker, building.example_bytes
+        ),
         building.SplitPlan(
             "target_train",
             "train",
@@ -121,8 +125,12 @@ def list_plans(data_dir: Path) -> list[building.SplitPlan]:
             row_maker,
             building.example_bytes,
         ),
-        building.SplitPlan("target_val", "validation", lit(["test"], "dusk"), labelled, row_maker, building.example_bytes),
-        building.SplitPlan("day_test", "test", lit(["test"], "day"), labelled, row_maker, building.example_bytes),
+        building.SplitPlan(
+            "target_val", "validation", lit(["test"], "dusk"), labelled, row_maker, building.example_bytes
+        ),
+        building.SplitPlan(
+            "day_test", "test", lit(["test"], "day"), labelled, row_maker, building.example_bytes
+        ),
     ]
     return plans
 

@@ -28,7 +28,9 @@ from modeling_intrada.errors import run_program
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader,
+    table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
+    num_label_ids=CITYSCAPES_NUM_LABEL_IDS,
 )
 IMAGE_SUFFIX = "_leftImg8bit"
 LABEL_SUFFIX = "_gtFine_labelIds"
@@ -50,12 +52,17 @@ def _city(path: Path) -> str:
 
 def list_split(data_dir: Path, raw_split: str, labelled: bool) -> list[building.Example]:
     """The examples of one raw split (`train`, `val` or `test`), sorted by name."""
-    image_dir = building.require_dir(data_dir / "leftImg8bit" / raw_split, f"leftImg8bit/{raw_split}/<city>/*.png")
+    image_dir = building.require_dir(
+        data_dir / "leftImg8bit" / raw_split, f"leftImg8bit/{raw_split}/<city>/*.png"
+    )
     images = building.list_files(
         image_dir, f"*/*{IMAGE_SUFFIX}.png", f"leftImg8bit/{raw_split}/<city>/<name>{IMAGE_SUFFIX}.png"
     )
     if not labelled:
-        return [building.Example(p.name[: -len(IMAGE_SUFFIX + ".png")], p, None, {"city": _city(p)}) for p in images]
+        return [
+            building.Example(p.name[: -len(IMAGE_SUFFIX + ".png")], p, None, {"city": _city(p)})
+            for p in images
+        ]
     label_dir = building.require_dir(
         data_dir / "gtFine" / raw_split,
         f"gtFine/{raw_split}/<city>/<name>{LABEL_SUFFIX}.png beside leftImg8bit",
@@ -95,7 +102,12 @@ def list_plans(data_dir: Path) -> list[building.SplitPlan]:
         examples = list_split(data_dir, "test", labelled=False)
         plans.append(
             building.SplitPlan(
-                "test", "test", examples, segmentation_features(False, metadata), row_maker, building.example_bytes
+                "test",
+                "test",
+                examples,
+                segmentation_features(False, metadata),
+                row_maker,
+                building.example_bytes,
             )
         )
     return plans
@@ -137,7 +149,9 @@ def card(result: building.BuildResult) -> DatasetDescription:
 def main(argv: Sequence[str] | None = None) -> building.BuildResult:
     """Parse the command line, build the dataset, optionally push it."""
     args = building.build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
-    return building.build_from_arguments(args, list_plans(args.data_dir), CITYSCAPES, card, dataset="cityscapes")
+    return building.build_from_arguments(
+        args, list_plans(args.data_dir), CITYSCAPES, card, dataset="cityscapes"
+    )
 
 
 if __name__ == "__main__":

@@ -54,15 +54,21 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
             data = file.read()
     except (OSError, EOFError) as error:
-        raise building.BuildError(f"{path}: cannot read ({error}); expected an IDX file, gzipped or not") from error
+        raise building.BuildError(
+            f"{path}: cannot read ({error}); expected an IDX file, gzipped or not"
+        ) from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise building.BuildError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()}, expected 000008xx)")
+        raise building.BuildError(
+            f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()}, expected 000008xx)"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
     array = np.frombuffer(data, dtype=IDX_DTYPES[data[2]], offset=header)
     if array.size != int(np.prod(shape)):
-        raise building.BuildError(f"{path}: header declares shape {shape} but the file holds {array.size} values")
+        raise building.BuildError(
+            f"{path}: header declares shape {shape} but the file holds {array.size} values"
+        )
     return array.reshape(shape)
 
 
@@ -75,13 +81,17 @@ def _find_idx(data_dir: Path, prefix: str, kind: str) -> Path:
     for name in names:
         if (data_dir / name).is_file():
             return data_dir / name
-    raise building.BuildError(f"{data_dir}: no {' or '.join(names)}; expected the MNIST IDX files (wrong layout?)")
+    raise building.BuildError(
+        f"{data_dir}: no {' or '.join(names)}; expected the MNIST IDX files (wrong layout?)"
+    )
 
 
 def _check_labels(labels: np.ndarray, low: int, high: int, source: str) -> None:
     bad = np.unique(labels[(labels < low) | (labels > high)])
     if bad.size:
-        raise building.BuildError(f"{source}: label values {bad[:10].tolist()} are outside the coding {low}..{high}")
+        raise building.BuildError(
+            f"{source}: label values {bad[:10].tolist()} are outside the coding {low}..{high}"
+        )
 
 
 def _load_mnist(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +99,9 @@ def _load_mnist(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels_path = _find_idx(data_dir, MNIST_FILES[split], "labels-idx1")
     labels = read_idx(labels_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise building.BuildError(f"{data_dir}: MNIST {split} has images {images.shape} but labels {labels.shape}")
+        raise building.BuildError(
+            f"{data_dir}: MNIST {split} has images {images.shape} but labels {labels.shape}"
+        )
     _check_labels(labels, 0, 9, str(labels_path))
     return images, labels
 
@@ -105,7 +117,9 @@ def _load_usps(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with h5py.File(path, "r") as file:
             if split not in file or "data" not in file[split] or "target" not in file[split]:
-                raise building.BuildError(f"{path}: expected a group {split!r} with datasets 'data' and 'target'")
+                raise building.BuildError(
+                    f"{path}: expected a group {split!r} with datasets 'data' and 'target'"
+                )
             data, labels = file[split]["data"][()], file[split]["target"][()].astype(np.int64)
     except OSError as error:
         raise building.BuildError(f"{path}: cannot read ({error}); expected an HDF5 file") from error
@@ -114,7 +128,9 @@ def _load_usps(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: {split} has data {data.shape} and target {labels.shape}; expected (N, 256) and (N,)"
         )
     if data.min() < -1e-6 or data.max() > 1 + 1e-6:
-        raise building.BuildError(f"{path}: {split} pixel values span [{data.min()}, {data.max()}]; expected [0, 1]")
+        raise building.BuildError(
+            f"{path}: {split} pixel values span [{data.min()}, {data.max()}]; expected [0, 1]"
+        )
     _check_labels(labels, 0, 9, f"{path}:{split}/target")
     return np.rint(np.clip(data, 0, 1) * 255).astype(np.uint8).reshape(-1, 16, 16), labels
 
@@ -124,7 +140,9 @@ def _load_svhn(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     path = data_dir / SVHN_FILES[split]
     if not path.is_file():
-        raise building.BuildError(f"{path} does not exist; expected the SVHN cropped-digits file {SVHN_FILES[split]}")
+        raise building.BuildError(
+            f"{path} does not exist; expected the SVHN cropped-digits file {SVHN_FILES[split]}"
+        )
     try:
         mat = loadmat(path)
     except (OSError, ValueError) as error:
@@ -176,7 +194,9 @@ def list_plans(dataset: str, data_dir: Path, include_extra: bool = False) -> lis
             raise building.BuildError(f"{data_dir}: the {dataset} {split} split is empty")
         item_size = int(np.prod(images.shape[1:]))
         items = [(split, i) for i in range(len(images))]
-        plans.append(building.SplitPlan("default", split, items, FEATURES, row_maker, lambda _, size=item_size: size))
+        plans.append(
+            building.SplitPlan("default", split, items, FEATURES, row_maker, lambda _, size=item_size: size)
+        )
     return plans
 
 

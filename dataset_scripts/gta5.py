@@ -27,7 +27,9 @@ from modeling_intrada.errors import run_program
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader,
+    table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
+    num_label_ids=CITYSCAPES_NUM_LABEL_IDS,
 )
 
 CITATION = """@inproceedings{Richter_2016_ECCV,
@@ -42,15 +44,23 @@ def list_examples(data_dir: Path) -> list[building.Example]:
     """The image/label pairs of a raw GTA5 folder, sorted by id."""
     building.require_dir(data_dir, "the GTA5 download with images/ and labels/")
     images = building.list_files(
-        building.require_dir(data_dir / "images", "images/NNNNN.png (wrong layout?)"), "*.png", "GTA5 images/*.png"
+        building.require_dir(data_dir / "images", "images/NNNNN.png (wrong layout?)"),
+        "*.png",
+        "GTA5 images/*.png",
     )
     labels = building.list_files(
-        building.require_dir(data_dir / "labels", "labels/NNNNN.png (wrong layout?)"), "*.png", "GTA5 labels/*.png"
+        building.require_dir(data_dir / "labels", "labels/NNNNN.png (wrong layout?)"),
+        "*.png",
+        "GTA5 labels/*.png",
     )
-    return [building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)]
+    return [
+        building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)
+    ]
 
 
-def make_row(example: building.Example, resize_mismatched_label: bool = True) -> tuple[dict, dict[str, list[str]]]:
+def make_row(
+    example: building.Example, resize_mismatched_label: bool = True
+) -> tuple[dict, dict[str, list[str]]]:
     """One GTA5 row; `label_resized` tells whether the label had to be resized to its image."""
     row, events = building.segmentation_row(example, read_train_ids, resize_mismatched_label)
     row["label_resized"] = "label_resized" in events
@@ -94,7 +104,9 @@ def card(result: building.BuildResult, on_size_mismatch: str) -> DatasetDescript
             "label_resized": "true when the raw label's size differed from the image's and it was resized.",
         },
         statistics={
-            "image/label pairs with different sizes": building.events_summary(result, "label_resized", "pairs")
+            "image/label pairs with different sizes": building.events_summary(
+                result, "label_resized", "pairs"
+            )
         },
         citation=CITATION,
     )

@@ -21,7 +21,9 @@ from modeling_intrada.errors import run_program
 from modeling_intrada.labels import CITYSCAPES, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, CITYSCAPES_NUM_LABEL_IDS
 
 read_train_ids = functools.partial(
-    building.mapped_label_reader, table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID, num_label_ids=CITYSCAPES_NUM_LABEL_IDS
+    building.mapped_label_reader,
+    table=CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
+    num_label_ids=CITYSCAPES_NUM_LABEL_IDS,
 )
 
 CITATION = """@article{Synscapes,
@@ -41,7 +43,9 @@ def list_examples(data_dir: Path) -> list[building.Example]:
     """The image/label pairs of a raw Synscapes folder, in numeric order."""
     building.require_dir(data_dir, "the Synscapes download with img/rgb/ and img/class/")
     images = building.list_files(
-        building.require_dir(data_dir / "img" / "rgb", "img/rgb/<n>.png (wrong layout?)"), "*.png", "img/rgb/*.png"
+        building.require_dir(data_dir / "img" / "rgb", "img/rgb/<n>.png (wrong layout?)"),
+        "*.png",
+        "img/rgb/*.png",
     )
     labels = building.list_files(
         building.require_dir(data_dir / "img" / "class", "img/class/<n>.png (wrong layout?)"),

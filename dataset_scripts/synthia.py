@@ -65,7 +65,9 @@ def list_examples(data_dir: Path) -> list[building.Example]:
     )
     label_dir = building.require_dir(data_dir / "GT" / "LABELS", "GT/LABELS/*.png (wrong layout?)")
     labels = building.list_files(label_dir, "*.png", "SYNTHIA GT/LABELS/*.png")
-    return [building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)]
+    return [
+        building.Example(key, image, label) for key, image, label in building.pair_by_stem(images, labels)
+    ]
 
 
 def card(result: building.BuildResult, label_space: LabelSpace) -> DatasetDescription:

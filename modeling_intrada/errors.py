@@ -5,8 +5,8 @@
 A `UsageError` is raised for a bad option, a missing or unreadable input, or a refused request (re-running
 a finished stage without `--overwrite`). `run_program` wraps every program's entry point: it prints a
 `UsageError` as that one line on stderr and exits with status 2 (argparse's convention), without a
-traceback. Anything else is a bug and keeps its traceback. `INTRADA_DEBUG=1` shows the traceback of a
-`UsageError` too.
+traceback; a training stopped by a signal (`TrainingStopped`) exits with 128 + the signal's number.
+Anything else is a bug and keeps its traceback. `INTRADA_DEBUG=1` shows the traceback of a `UsageError` too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,49 @@ class NonFiniteLossError(UsageError):
     """Training diverged: a loss became NaN or infinite (usually a learning rate too high)."""
 
 
+class TrainingStopped(UsageError):
+    """Training was asked to stop (SIGTERM, SIGINT or the launcher gone) and stopped at a step boundary.
+
+    Reported like every `UsageError`, as one line, but with the shell's exit status for the signal,
+    128 + its number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
+
+
+class StopSignals:
+    """While active (a `with` block, in the main thread), SIGTERM and SIGINT are recorded instead of ending the
+    process, so that a loop can stop between two steps and write nothing half; a second signal ends it at once.
+
+    `requested` is the first signal's number, or None. The previous handlers come back on exit.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _record(self, number: int, frame: object) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(number).name}: stopping now")
+        self.requested = number
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
 def debugging() -> bool:
     """Whether `INTRADA_DEBUG` asks for tracebacks of user errors."""
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
@@ -52,8 +97,9 @@ def run_program(main: Callable[[Sequence[str] | None], T], argv: Sequence[str] |
         if debugging():
             raise
         message = " ".join(str(error).split())  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(USAGE_EXIT_CODE) from None
+        sys.stderr.write(f"error: {message}\n")  # one write: the lines of several processes stay whole
+        sys.stderr.flush()
+        raise SystemExit(getattr(error, "exit_status", USAGE_EXIT_CODE)) from None
 
 
 @contextmanager

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
 from modeling_intrada import FCDiscriminator, FCDiscriminatorConfig
 from modeling_intrada.errors import (
     MissingInputError,
+    StopSignals,
+    TrainingStopped,
     UsageError,
     check_model_reference,
     load_pretrained,
@@ -73,3 +78,24 @@ def test_load_pretrained_loads_a_good_folder(tmp_path):
     FCDiscriminator(FCDiscriminatorConfig(num_channels=3, ndf=4)).save_pretrained(tmp_path / "d")
     model = load_pretrained(FCDiscriminator.from_pretrained, str(tmp_path / "d"), "--model")
     assert isinstance(model, FCDiscriminator) and torch.isfinite(model.layers[0].weight).all()
+
+
+def test_a_stopped_training_exits_with_the_signal_status_and_one_line(capsys):
+    def main(argv):
+        raise TrainingStopped("stage inter stopped by SIGTERM after step 4 of 10;\nresume", signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_program(main, [])
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err == "error: stage inter stopped by SIGTERM after step 4 of 10; resume\n"
+
+
+def test_stop_signals_are_recorded_then_the_previous_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        assert stop.requested is None
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: recorded for the loop
+        assert stop.requested == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt, match="second SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal stops at once
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

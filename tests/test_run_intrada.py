@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -362,3 +364,66 @@ def test_label_spaces_and_architectures_must_agree(finished_run, tmp_path):
     with pytest.raises(UsageError, match=r"the model predicts 5 classes .* 'synthetic' has 19"):
         run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "g5")])
     assert not (tmp_path / "o" / "ranking").exists()
+
+
+def _stop_mid_training(tmp_path: Path, num_processes: int, send: signal.Signals) -> tuple[int, str, float]:
+    """Start a long stage 1, send `send` to the program (the launcher with several processes) once a
+    checkpoint is written, and return (exit status, stderr, seconds from the signal to the exit)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env.pop("INTRADA_DEBUG", None)
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    ] if num_processes > 1 else [sys.executable]  # fmt: skip
+    argv = [
+        *SMALL, "--batch_size", "2", "--num_iterations", "100000", "--max_iters", "100000",
+        "--checkpointing_steps", "3", "--output_dir", str(tmp_path / "out"), "--synthetic_dir", str(tmp_path / "s"),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [*launcher, str(SCRIPT), *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = tmp_path / "out" / "inter" / "checkpoints" / "checkpoint_000003"
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.is_dir() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.is_dir(), "no checkpoint within 240 s"
+        process.send_signal(send)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=120)  # the workers hold stderr open until they exit
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr, time.monotonic() - sent
+
+
+def _assert_stopped_cleanly(out: Path) -> None:
+    assert not (out / "inter" / "model").exists() and not (out / "inter" / "DONE").exists()
+    assert not list(out.rglob("*.incomplete"))  # no half checkpoint
+    checkpoints = sorted((out / "inter" / "checkpoints").iterdir())
+    assert checkpoints and all((c / "loop_state.json").is_file() for c in checkpoints)
+
+
+def test_sigterm_stops_training_at_a_step_boundary(tmp_path):
+    status, stderr, seconds = _stop_mid_training(tmp_path, 1, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: stage inter stopped by SIGTERM after step \d+ of 100000; nothing was half written, the stage's "
+        r"model was not saved: resume from .*checkpoint_\d{6} with --resume_from_checkpoint latest",
+        last,
+    ), last
+    assert "Traceback" not in stderr and seconds < 30
+    _assert_stopped_cleanly(tmp_path / "out")
+
+
+@pytest.mark.parametrize("send", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stopping_accelerate_launch_stops_every_process(tmp_path, send):
+    # SIGTERM: the launcher passes it on; SIGKILL: the workers see their launcher gone (as SIGHUP).
+    status, stderr, seconds = _stop_mid_training(tmp_path, 2, send)
+    assert status != 0 and seconds < 60
+    expected = "SIGTERM" if send == signal.SIGTERM else "SIGHUP"
+    steps = re.findall(rf"error: stage inter stopped by {expected} after step (\d+) of 100000", stderr)
+    assert len(steps) == 2, stderr[-3000:]  # one line from each process
+    assert steps[0] == steps[1]  # the same step boundary
+    _assert_stopped_cleanly(tmp_path / "out")

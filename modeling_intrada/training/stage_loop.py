@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from modeling_intrada.atomic import atomic_folder
-from modeling_intrada.errors import MissingInputError, NonFiniteLossError
+from modeling_intrada.errors import MissingInputError, NonFiniteLossError, StopSignals, TrainingStopped
 from modeling_intrada.method.adaptation import (
     DISCRIMINATOR_FRAMEWORKS,
     SOURCE_LABEL,
@@ -489,34 +491,72 @@ class AdaptationStage:
         )
         totals: dict[str, torch.Tensor] = {}
         last: dict[str, float] = {}
-        while self.completed_steps < s.num_iterations:
-            learning_rates = self.set_learning_rates(self.completed_steps)
-            for _ in range(s.gradient_accumulation_steps):
-                source = self._to_device(next(source_stream))
-                target = self._to_device(next(target_stream)) if target_stream is not None else None
-                with acc.accumulate(self.generator, *self.discriminators):
-                    losses = self.adversarial_iteration(source, target)
-                self.micro_step += 1
-                for name, value in losses.items():
-                    totals[name] = totals.get(name, 0) + value.detach() / s.gradient_accumulation_steps
-            self.optimizer_step()
-            self.completed_steps += 1
-            progress.update(1)
-            logged = self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations
-            if logged:
-                last = self._log(totals, learning_rates, progress)
-            elif self._saves_at(self.completed_steps):
-                self._check_finite(self._reduce(totals))  # never save the weights of a diverged run
-            totals = {}
-            if s.image_log_steps and self.completed_steps % s.image_log_steps == 0:
-                self._log_picture(source, target)
-            if s.checkpointing_steps and self.completed_steps % s.checkpointing_steps == 0:
-                self.save_checkpoint()
-            if s.snapshot_steps and self.completed_steps % s.snapshot_steps == 0:
-                self.save_snapshot(self.output_dir / SNAPSHOTS_DIR / f"iter_{self.completed_steps:06d}")
+        with StopSignals() as stop:
+            launcher = os.getppid()
+            while self.completed_steps < s.num_iterations:
+                learning_rates = self.set_learning_rates(self.completed_steps)
+                for _ in range(s.gradient_accumulation_steps):
+                    source = self._to_device(next(source_stream))
+                    target = self._to_device(next(target_stream)) if target_stream is not None else None
+                    with acc.accumulate(self.generator, *self.discriminators):
+                        losses = self.adversarial_iteration(source, target)
+                    self.micro_step += 1
+                    for name, value in losses.items():
+                        totals[name] = totals.get(name, 0) + value.detach() / s.gradient_accumulation_steps
+                self.optimizer_step()
+                self.completed_steps += 1
+                progress.update(1)
+                logged = self.completed_steps % s.log_steps == 0 or self.completed_steps == s.num_iterations
+                if logged:
+                    last = self._log(totals, learning_rates, progress)
+                elif self._saves_at(self.completed_steps):
+                    self._check_finite(self._reduce(totals))  # never save the weights of a diverged run
+                totals = {}
+                if s.image_log_steps and self.completed_steps % s.image_log_steps == 0:
+                    self._log_picture(source, target)
+                if s.checkpointing_steps and self.completed_steps % s.checkpointing_steps == 0:
+                    self.save_checkpoint()
+                if s.snapshot_steps and self.completed_steps % s.snapshot_steps == 0:
+                    self.save_snapshot(self.output_dir / SNAPSHOTS_DIR / f"iter_{self.completed_steps:06d}")
+                requested = self._stop_requested(stop, launcher)
+                if requested:
+                    progress.close()
+                    raise self._stopped(requested)
         progress.close()
         acc.wait_for_everyone()
         return StageResult(self.completed_steps, self.output_dir, last)
+
+    # ------------------------------------------------------------------------------------- stopping
+    def _stop_requested(self, stop: StopSignals, launcher: int) -> int:
+        """The signal that asks this run to stop (0: none), agreed by all processes at a step boundary.
+
+        SIGTERM and SIGINT are recorded by `stop`. A worker of several processes whose parent changed has
+        lost its launcher (killed without passing the signal on), counted as SIGHUP; one process alone keeps
+        going when its shell goes (`nohup`). All processes stop after the same step, or the ones that go on
+        would wait for the others in the next gradient all-reduce.
+        """
+        several = self.accelerator.num_processes > 1 and torch.distributed.is_initialized()
+        orphaned = several and os.getppid() != launcher
+        requested = stop.requested or (signal.SIGHUP if orphaned else 0)
+        if several:
+            flag = torch.tensor([int(requested)], device=self.accelerator.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = int(flag.item())
+        return int(requested)
+
+    def _stopped(self, signal_number: int) -> TrainingStopped:
+        checkpoints = list_checkpoints(self.checkpoint_dir())
+        resume = (
+            f"resume from {checkpoints[-1]} with --resume_from_checkpoint latest"
+            if checkpoints
+            else "no checkpoint was saved yet (--checkpointing_steps N makes a stopped stage resumable)"
+        )
+        return TrainingStopped(
+            f"stage {self.output_dir.name} stopped by {signal.Signals(signal_number).name} after step "
+            f"{self.completed_steps} of {self.settings.num_iterations}; nothing was half written, the stage's "
+            f"model was not saved: {resume}",
+            signal_number,
+        )
 
     # -------------------------------------------------------------------------------------- logging
     def _log(
