@@ -382,7 +382,7 @@ def _stop_mid_training(tmp_path: Path, num_processes: int, send: signal.Signals)
     process = subprocess.Popen(
         [*launcher, str(SCRIPT), *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    checkpoint = tmp_path / "out" / "inter" / "checkpoints" / "checkpoint_000003"
+    checkpoint = tmp_path / "out" / "inter" / "checkpoints" / "checkpoint-3"
     try:
         deadline = time.monotonic() + 240
         while not checkpoint.is_dir() and process.poll() is None and time.monotonic() < deadline:
@@ -410,7 +410,7 @@ def test_sigterm_stops_training_at_a_step_boundary(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert re.fullmatch(
         r"error: stage inter stopped by SIGTERM after step \d+ of 100000; nothing was half written, the stage's "
-        r"model was not saved: resume from .*checkpoint_\d{6} with --resume_from_checkpoint latest",
+        r"model was not saved: resume from .*checkpoint-\d+ with --resume_from_checkpoint latest",
         last,
     ), last
     assert "Traceback" not in stderr and seconds < 30
