@@ -77,12 +77,13 @@ def documented_pages() -> list[Path]:
 
 
 def test_the_convention_is_used_where_it_matters():
-    """The main command, the evaluator and a dataset builder are covered, with no
+    """The main command, the evaluator, a dataset builder and accelerate launch are covered, with no
     placeholder left in what runs."""
     commands = [command for page in PAGES for _, block in runnable_blocks(page) for command in block]
     assert any(c.startswith("python training/run_intrada.py --") for c in commands)
     assert any(c.startswith("python training/evaluate_miou.py") for c in commands)
     assert any(c.startswith("python dataset_scripts/") for c in commands)
+    assert any(c.startswith("accelerate launch") for c in commands)
     readme = runnable_blocks(ROOT / "README.md")
     assert readme and readme[0][1][0].startswith("python training/run_intrada.py"), "README's main command"
     for command in commands:
