@@ -416,6 +416,41 @@ def test_synthia_bad_labels(tmp_path):
         synthia.main(args)
 
 
+def test_png16_reader_on_every_16_bit_layout(tmp_path):
+    """Grey, grey + alpha and interlaced colour 16-bit PNGs (written by pypng) read back exactly;
+    8-bit, palette and non-PNG files are refused with what was expected."""
+    import png
+
+    rng = _rng(7)
+    for planes, interlace in [(1, False), (2, False), (3, True), (4, True)]:
+        values = rng.integers(0, 65536, size=(5, 7, planes)).astype(np.uint16)
+        path = tmp_path / f"{planes}_{interlace}.png"
+        writer = png.Writer(
+            7, 5, greyscale=planes < 3, alpha=planes in (2, 4), bitdepth=16, interlace=interlace
+        )
+        with path.open("wb") as stream:
+            writer.write(stream, values.reshape(5, 7 * planes).tolist())
+        for channel in range(planes):
+            decoded = _builder.read_png16_channel(path, channel)
+            assert decoded.dtype == np.uint16
+            assert np.array_equal(decoded, values[:, :, channel])
+        with pytest.raises(_builder.BuildError, match=rf"has {planes} channels, no channel {planes}"):
+            _builder.read_png16_channel(path, planes)
+    for mode, says in [
+        ("L", "an L PNG with 8"),
+        ("RGBA", "an RGBA PNG with 8"),
+        ("P", "a palette PNG with 1"),
+    ]:
+        Image.new(mode, (7, 5)).save(tmp_path / "eight.png")
+        with pytest.raises(_builder.BuildError, match=rf"is {says} bits per channel; expected 16"):
+            _builder.read_png16_channel(tmp_path / "eight.png")
+    Image.new("RGB", (7, 5)).save(tmp_path / "photo.jpg")
+    with pytest.raises(
+        _builder.BuildError, match=r"photo\.jpg: cannot decode the image .*expected a 16-bit PNG"
+    ):
+        _builder.read_png16_channel(tmp_path / "photo.jpg")
+
+
 # ---------------------------------------------------------------------------------------------
 # Synscapes
 # ---------------------------------------------------------------------------------------------

@@ -155,6 +155,7 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
     "name",
     [
         "synthetic_default",
+        "synthetic_full",
         "gta5_to_cityscapes",
         "gta5_to_cityscapes_norm",
         "synthia_to_cityscapes",
@@ -179,6 +180,9 @@ def test_shipped_configs_parse(name):
         assert data_args.eval_protocols == ["16", "13"] and settings.num_iterations == 90_000
     if name == "synscapes_to_cityscapes":
         assert settings.framework == "adaptsegnet"
+    if name == "synthetic_full":
+        assert data_args.backbone == "timm:mobilenetv3_large_100" and settings.num_iterations == 200
+        assert [data_args.source_size, data_args.target_size] == [[96, 192], [96, 192]]
 
 
 def test_stage_three_reads_a_ranking_from_another_folder(finished_run, tmp_path):

@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
-from PIL import Image, ImageFile
+import png
+from PIL import Image
 
 from modeling_intrada.data.dataset_card import DatasetDescription, write_dataset_card
 from modeling_intrada.data.datasets import (
@@ -161,42 +163,26 @@ def read_label_ids(path: Path, modes: Sequence[str] = ("L", "P")) -> np.ndarray:
 
 
 def read_png16_channel(path: Path, channel: int = 0) -> np.ndarray:
-    """One channel of a 16-bit (grey, RGB or RGBA) PNG as uint16, e.g. SYNTHIA's class ids.
+    """One channel of a 16-bit (grey, grey + alpha, RGB or RGBA) PNG as uint16, e.g. SYNTHIA's class ids.
 
-    Pillow decodes 16-bit colour PNGs to 8 bits by keeping the high byte. Its decoder does
-    unfilter the full 16-bit rows, though, so decoding the same tile twice, once keeping the high
-    and once the low byte (raw modes `;16B` / `;16L`), recovers the exact values.
+    Pillow decodes 16-bit colour PNGs down to 8 bits, so the file is read with pypng, which returns
+    every sample at the file's own bit depth (any filter, interlaced or not). pypng is pure Python:
+    about a second for a 1280x760 RGB label, which `--num_proc` spreads over processes.
     """
     try:
-        probe = Image.open(path)
-    except (OSError, SyntaxError, ValueError) as error:
+        width, height, rows, info = png.Reader(filename=str(path)).read_flat()
+    except (png.Error, zlib.error, OSError, ValueError) as error:
         raise BuildError(f"{path}: cannot decode the image ({error}); expected a 16-bit PNG") from error
-    if probe.format != "PNG":
-        raise BuildError(f"{path}: is {probe.format}, expected a 16-bit PNG")
-    if probe.mode.startswith("I;16") or probe.mode == "I":
-        if channel != 0:
-            raise BuildError(f"{path}: is a single-channel 16-bit PNG, has no channel {channel}")
-        return np.asarray(_open_image(path)).astype(np.uint16)
-    tile = probe.tile
-    if len(tile) != 1 or tile[0][0] != "zip" or not str(tile[0][3]).endswith(";16B"):
+    planes = info["planes"]
+    if info["bitdepth"] != 16:
+        kind = "a palette" if info.get("palette") else ("an L", "an LA", "an RGB", "an RGBA")[planes - 1]
         raise BuildError(
-            f"{path}: is an {probe.mode} PNG with 8 bits per channel; expected 16 bits per channel"
+            f"{path}: is {kind} PNG with {info['bitdepth']} bits per channel; expected 16 bits per channel"
         )
-    codec, extents, offset, rawmode = tile[0]
-    planes = []
-    for byte in ("B", "L"):
-        image = Image.open(path)
-        new_tile = (codec, extents, offset, rawmode[:-1] + byte)
-        image.tile = [ImageFile._Tile(*new_tile) if hasattr(ImageFile, "_Tile") else new_tile]
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as error:
-            raise BuildError(f"{path}: cannot decode the image ({error}); expected a 16-bit PNG") from error
-        array = np.asarray(image)
-        if channel >= array.shape[2]:
-            raise BuildError(f"{path}: has {array.shape[2]} channels, no channel {channel}")
-        planes.append(array[:, :, channel].astype(np.uint16))
-    return planes[0] * 256 + planes[1]
+    if channel >= planes:
+        raise BuildError(f"{path}: has {planes} channels, no channel {channel}")
+    samples = np.frombuffer(rows, dtype=np.uint16).reshape(height, width, planes)
+    return samples[:, :, channel].copy()
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,13 @@ class RunArguments:
             "`accelerate config` set, else no)"
         },
     )
-    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's)"})
+    num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch CPU threads (default: torch's, or the machine's cores for one CPU process under "
+            "`accelerate launch` without --num_cpu_threads_per_process or OMP_NUM_THREADS)"
+        },
+    )
     keep_freed_memory: bool = field(
         default=True,
         metadata={"help": "on CPU, keep freed memory in the process (glibc malloc): no page faults per step"},

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs
 
 from modeling_intrada.atomic import atomic_folder, write_text_atomically
@@ -39,8 +40,11 @@ from modeling_intrada.publishing.hub import push_run_to_hub
 from modeling_intrada.run_layout import TRAINING_STAGES
 from modeling_intrada.training.arguments import parse_arguments, run_config
 from modeling_intrada.training.cpu_allocator import keep_freed_memory
+from modeling_intrada.training.cpu_threads import cpu_threads_for_run
 from modeling_intrada.training.stage_loop import AdaptationStage, list_checkpoints
 from modeling_intrada.training.tasks import Run, make_run, process_state
+
+logger = get_logger(__name__)
 
 
 def make_accelerator(run: Run, stage: str, framework: str) -> Accelerator:
@@ -263,9 +267,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO if os.environ.get("INTRADA_VERBOSE") else logging.WARNING)
     args = parse_arguments(argv)
     options = args.run
-    if options.num_threads is not None:
-        torch.set_num_threads(options.num_threads)
-    if options.keep_freed_memory and process_state().device.type == "cpu":
+    state = process_state()
+    threads = cpu_threads_for_run(options.num_threads, state.device.type, state.num_processes)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logger.info(
+        f"torch CPU threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
+    )
+    if options.keep_freed_memory and state.device.type == "cpu":
         keep_freed_memory()  # glibc would return freed pages and fault them in again every iteration
     run = make_run(args)
     stages = stages_to_run(run)
