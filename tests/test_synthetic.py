@@ -63,7 +63,7 @@ def test_reuse_and_parameter_mismatch(tmp_path):
     assert (foreign / "notes.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="num_source must be at least 1"):
         SyntheticConfig(num_source=0)
-    assert default_synthetic_dir(cache_dir=tmp_path).name == "synthetic-v4-seed0-96x192-400-200-100"
+    assert default_synthetic_dir(cache_dir=tmp_path).name == "synthetic-v4.2-seed0-96x192-400-200-100"
 
 
 def test_content(default_build, tmp_path):
