@@ -229,6 +229,33 @@ class ColumnLayout:
         return dataset
 
 
+@dataclass
+class DatasetColumnArguments:
+    """The options that say how to read a dataset not built by `dataset_scripts/` (e.g. a Hub Parquet dataset):
+    shared by the pipeline's and the evaluator's arguments."""
+
+    image_column_name: str = field(
+        default="image",
+        metadata={
+            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
+        },
+    )
+    label_column_name: str = field(
+        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
+    )
+    label_ids: str = field(
+        default="train_ids",
+        metadata={
+            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
+            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
+        },
+    )
+
+    def column_layout(self) -> ColumnLayout:
+        """The `ColumnLayout` these options describe."""
+        return ColumnLayout(self.image_column_name, self.label_column_name, self.label_ids)
+
+
 def load_split(
     source: str | Path,
     config: str | None = None,

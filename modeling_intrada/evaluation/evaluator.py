@@ -44,7 +44,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumen
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
 from modeling_intrada.atomic import write_text_atomically
-from modeling_intrada.data.datasets import ColumnLayout, is_built_dataset, read_label_space
+from modeling_intrada.data.datasets import DatasetColumnArguments, is_built_dataset, read_label_space
 from modeling_intrada.data.synthetic import resolve_dataset_name
 from modeling_intrada.errors import (
     MissingInputError,
@@ -84,7 +84,7 @@ SNAPSHOTS_FILE = "snapshots.json"
 
 
 @dataclass
-class EvaluationArguments:
+class EvaluationArguments(DatasetColumnArguments):
     """What to evaluate, on what, and how the reported snapshots are chosen."""
 
     model: str | None = field(
@@ -133,22 +133,6 @@ class EvaluationArguments:
             "help": "class space of the model's predictions (e.g. synthia16 for a SYNTHIA model on Cityscapes "
             "labels: dataset classes are mapped by name, the others ignored); default: the run's (with "
             "--snapshots_dir), else the dataset's"
-        },
-    )
-    image_column_name: str = field(
-        default="image",
-        metadata={
-            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
-        },
-    )
-    label_column_name: str = field(
-        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
-    )
-    label_ids: str = field(
-        default="train_ids",
-        metadata={
-            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
-            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
         },
     )
     protocols: list[str] | None = field(
@@ -417,7 +401,7 @@ class Evaluator:
         if is_built_dataset(self.dataset_path):
             dataset_space = read_label_space(self.dataset_path)
         else:  # another publisher's dataset: its columns from the options, its classes the model's space
-            self.layout = ColumnLayout(args.image_column_name, args.label_column_name, args.label_ids)
+            self.layout = args.column_layout()
             dataset_space = get_label_space(
                 args.label_space or self.run_config.get("label_space") or "cityscapes"
             )

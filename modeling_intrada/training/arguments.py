@@ -28,6 +28,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from modeling_intrada import DeepLabV2Config, DigitClassifierConfig
+from modeling_intrada.data.datasets import DatasetColumnArguments
 from modeling_intrada.data.digits import RandomAffine
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.errors import MissingInputError, UsageError, check_model_reference, user_input
@@ -192,7 +193,7 @@ class RunArguments:
 
 
 @dataclass
-class SegmentationArguments:
+class SegmentationArguments(DatasetColumnArguments):
     """The options only segmentation reads: DeepLab-v2, the datasets' configurations and sizes, evaluation."""
 
     backbone: str = field(
@@ -235,22 +236,6 @@ class SegmentationArguments:
         default=None,
         metadata={
             "help": "label space name (cityscapes, synthia16, camvid, ...); None: read from the target dataset"
-        },
-    )
-    image_column_name: str = field(
-        default="image",
-        metadata={
-            "help": "image column of datasets not built by dataset_scripts/ (e.g. Hub Parquet datasets)"
-        },
-    )
-    label_column_name: str = field(
-        default="label", metadata={"help": "label-map column of datasets not built by dataset_scripts/"}
-    )
-    label_ids: str = field(
-        default="train_ids",
-        metadata={
-            "help": "how label maps of datasets not built by dataset_scripts/ code classes: train_ids | "
-            "cityscapes_label_ids (Cityscapes and GTA5 label ids, mapped to the 19 train ids)"
         },
     )
     normalization: str | None = field(

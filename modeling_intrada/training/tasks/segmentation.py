@@ -24,7 +24,6 @@ from modeling_intrada import (
 )
 from modeling_intrada.data.datasets import (
     LABEL_SPACE_FILE,
-    ColumnLayout,
     SegmentationDataset,
     build_segmentation_dataset,
     is_built_dataset,
@@ -68,7 +67,7 @@ class SegmentationRun(Run):
             self.target = resolve_dataset_name(run.target_dataset, options)
             self.val = resolve_dataset_name(seg.val_dataset, options) if seg.val_dataset else None
         # Datasets of other publishers (Hub Parquet): their columns from the options, their classes Cityscapes'.
-        layout = ColumnLayout(seg.image_column_name, seg.label_column_name, seg.label_ids)
+        layout = seg.column_layout()
         self.layouts = {
             name: (None if is_built_dataset(name) else layout)
             for name in (self.source, self.target, self.val)
