@@ -375,6 +375,16 @@ class Arguments(NamedTuple):
     digits: DigitsArguments
 
 
+def option_annotations(cls: type) -> dict[str, Any]:
+    """The annotations of an arguments dataclass, its bases' included (a class's `__annotations__` holds only
+    its own)."""
+    return {
+        name: annotation
+        for klass in reversed(cls.__mro__)
+        for name, annotation in vars(klass).get("__annotations__", {}).items()
+    }
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """The `option: value` mapping of a YAML config, with renamed and unknown options refused."""
     path = Path(path)
@@ -391,7 +401,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         )
     check_renamed(values, where=f"{path}: ")
     # The annotations, not the fields' types: HfArgumentParser rewrites those.
-    annotations = {name: str(a) for cls in ALL_ARGUMENTS for name, a in cls.__annotations__.items()}
+    annotations = {name: str(a) for cls in ALL_ARGUMENTS for name, a in option_annotations(cls).items()}
     unknown = sorted(set(values) - set(annotations))
     if unknown:
         raise ValueError(f"{path}: unknown options {unknown}; see `run_intrada.py --help`")
@@ -444,7 +454,7 @@ def _parse_arguments(argv: list[str]) -> Arguments:
     for arguments in args:
         # The help of optional options says "None: ...": take the word as the value, as YAML's null. (The
         # annotations, not the fields: HfArgumentParser rewrites the fields' types.)
-        for name, annotation in type(arguments).__annotations__.items():
+        for name, annotation in option_annotations(type(arguments)).items():
             if "None" in str(annotation) and getattr(arguments, name) in ("None", "none", "null"):
                 setattr(arguments, name, None)
     check_task_options(args, given=values)
