@@ -117,6 +117,26 @@ def batch(args, device: torch.device) -> tuple[dict, dict]:
     return source, target
 
 
+def add_step_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe one training step (network, sizes, precision, fast paths, device), shared by
+    the benchmarks that time or profile it."""
+    parser.add_argument("--backbone", default="resnet101")
+    parser.add_argument("--num_labels", type=int, default=19)
+    parser.add_argument("--single_level", action="store_true")
+    parser.add_argument("--source_size", type=int, nargs=2, default=[144, 256], metavar=("H", "W"))
+    parser.add_argument("--target_size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument(
+        "--framework", default="advent", choices=["advent", "adaptsegnet", "minent", "source_only"]
+    )
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    add_fast_path_options(parser)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
 def add_fast_path_options(parser: argparse.ArgumentParser) -> None:
     """The candidate fast paths of ours (StageSettings and DeepLabV2Config options), off by default."""
     parser.add_argument(
@@ -207,21 +227,7 @@ def both_orders(argv: list[str]) -> tuple[dict, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--implementation", choices=["ours", "reference", "both"], default="ours")
-    parser.add_argument("--backbone", default="resnet101")
-    parser.add_argument("--num_labels", type=int, default=19)
-    parser.add_argument("--single_level", action="store_true")
-    parser.add_argument("--source_size", type=int, nargs=2, default=[144, 256], metavar=("H", "W"))
-    parser.add_argument("--target_size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument(
-        "--framework", default="advent", choices=["advent", "adaptsegnet", "minent", "source_only"]
-    )
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
-    parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    add_fast_path_options(parser)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_step_options(parser)
     parser.add_argument(
         "--allocator", choices=["keep", "default"], default="keep",
         help="CPU: keep = keep_freed_memory() as run_intrada.py does (no page faults), default = glibc as is",

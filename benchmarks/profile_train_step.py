@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from _common import environment, median, synchronize
-from bench_train_step import PRECISIONS, add_fast_path_options, build_ours, build_reference, fast_path_options
+from bench_train_step import add_step_options, build_ours, build_reference, fast_path_options
 from torch.profiler import ProfilerActivity, profile
 
 from modeling_intrada.training.cpu_allocator import keep_freed_memory
@@ -229,21 +229,7 @@ def profile_steps(step, device: torch.device, steps: int, full_resolution, top: 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--implementation", choices=["ours", "reference"], default="ours")
-    parser.add_argument("--backbone", default="resnet101")
-    parser.add_argument("--num_labels", type=int, default=19)
-    parser.add_argument("--single_level", action="store_true")
-    parser.add_argument("--source_size", type=int, nargs=2, default=[144, 256], metavar=("H", "W"))
-    parser.add_argument("--target_size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument(
-        "--framework", default="advent", choices=["advent", "adaptsegnet", "minent", "source_only"]
-    )
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
-    parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    add_fast_path_options(parser)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_step_options(parser)
     parser.add_argument(
         "--warmup", type=int, default=2, help="steps before any timing (compiles, cudnn autotune)"
     )
