@@ -408,3 +408,9 @@ def colorize(train_ids: np.ndarray, label_space: LabelSpace | str) -> np.ndarray
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: space.num_classes] = np.asarray(space.palette, dtype=np.uint8)
     return palette[np.where(valid, ids, 255).astype(np.int64)]
+
+
+def same_class_name(name: str) -> str:
+    """A class name as names are compared across datasets and models: case, `_` and `-` do not count
+    ("Traffic_Light" is "traffic light")."""
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())

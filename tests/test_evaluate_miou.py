@@ -209,7 +209,7 @@ def test_find_snapshots_accepts_the_stage_folder_and_refuses_an_empty_one(tiny, 
         (["--snapshots_dir", "s", "--selection", "best"], "unknown rules"),
         (["--model", "m", "--selection", "min_entropy"], "needs --snapshots_dir"),
         (["--model", "m", "--input_size", "512"], "HEIGHT WIDTH"),
-        (["--model", "m", "--normalization", "bgr"], "caffe or imagenet"),
+        (["--model", "m", "--normalization", "bgr"], "caffe, imagenet, inception, unit_bgr"),
         (["--model", "m", "--max_images", "0"], "max_images must be at least 1"),
     ],
 )

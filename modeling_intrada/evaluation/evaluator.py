@@ -40,7 +40,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from PIL import Image
-from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, HfArgumentParser
 
 import modeling_intrada  # noqa: F401  (registers the models with the Auto classes)
 from modeling_intrada.atomic import write_text_atomically
@@ -65,6 +65,8 @@ from modeling_intrada.evaluation.metrics import (
 from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation, mean_entropy
 from modeling_intrada.labels import LabelSpace, colorize, get_label_space
+from modeling_intrada.method.segmenters import align_classes, class_permutation, normalization_of
+from modeling_intrada.models.deeplabv2.image_transforms import NORMALIZATIONS
 from modeling_intrada.run_layout import (
     CONFIG_FILE,
     DONE_FILE,
@@ -125,7 +127,8 @@ class EvaluationArguments(DatasetColumnArguments):
         default=None, metadata={"help": "HEIGHT WIDTH of the model input (default: its image processor's)"}
     )
     normalization: str | None = field(
-        default=None, metadata={"help": "caffe | imagenet (default: the model's image processor's)"}
+        default=None,
+        metadata={"help": "caffe | imagenet | inception | unit_bgr (default: the model's image processor's)"},
     )
     label_space: str | None = field(
         default=None,
@@ -238,9 +241,13 @@ def resolve_dataset(name: str, run_config: dict) -> str:
 
 
 def load_segmenter(
-    path: str, revision: str | None = None, trust_remote_code: bool = False
+    path: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> torch.nn.Module:
-    """A semantic-segmentation model from a folder or the Hub, in eval mode."""
+    """A semantic-segmentation model from a folder or the Hub, in eval mode; with `class_names`, its classes
+    put in that order (matched by name, `segmenters.align_classes`)."""
     model = load_pretrained(
         AutoModelForSemanticSegmentation.from_pretrained,
         path,
@@ -248,6 +255,8 @@ def load_segmenter(
         revision=revision,
         trust_remote_code=trust_remote_code,
     )
+    if class_names is not None:
+        align_classes(model, class_names, f"model {path}")
     return model.eval()
 
 
@@ -257,17 +266,23 @@ def input_settings(
     """(height, width) and normalisation: the arguments, else the model's saved image processor."""
     if input_size is not None and normalization is not None:
         return (int(input_size[0]), int(input_size[1])), normalization
-    from modeling_intrada import DeepLabV2ImageProcessor
-
     try:
-        processor = DeepLabV2ImageProcessor.from_pretrained(path, revision=revision)
-    except OSError as error:
+        processor = AutoImageProcessor.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as error:
         raise ValueError(
             f"{path} has no image processor (preprocessor_config.json): pass --input_size HEIGHT WIDTH "
-            "and --normalization caffe|imagenet"
+            f"and --normalization {'|'.join(NORMALIZATIONS)}"
         ) from error
-    size = input_size or (processor.size["height"], processor.size["width"])
-    return (int(size[0]), int(size[1])), normalization or processor.normalization
+    if input_size is None:
+        height, width = processor.size.get("height"), processor.size.get("width")
+        if not height or not width:
+            raise ValueError(
+                f"{path}: its image processor resizes to {dict(processor.size)}, not to a height and width: "
+                "pass --input_size HEIGHT WIDTH"
+            )
+        input_size = (height, width)
+    size = (int(input_size[0]), int(input_size[1]))
+    return size, normalization or normalization_of(processor, f"model {path}")
 
 
 def default_protocols(num_labels: int) -> list[str | None]:
@@ -412,12 +427,10 @@ class Evaluator:
                 f"the model predicts {self.num_labels} classes but the label space {self.label_space.name!r} has "
                 f"{self.label_space.num_classes}: pass --label_space with the model's classes"
             )
-        model_names = [self.model_id2label[i].lower() for i in range(self.num_labels)]
-        if model_names != [name.lower() for name in self.label_space.class_names]:
-            raise ValueError(
-                f"the model's id2label {model_names} differs from the classes of {self.label_space.name!r} "
-                f"{list(self.label_space.class_names)}: pass the model's --label_space"
-            )
+        # Classes matched by name: a model with the classes in another order is reordered when loaded.
+        model_names = [self.model_id2label[i] for i in range(self.num_labels)]
+        class_permutation(model_names, self.label_space.class_names, f"model {first.path}")
+        self.model_id2label = dict(enumerate(self.label_space.class_names))
         mapping, self.dropped_classes = label_mapping(dataset_space, self.label_space)
         self.dataset_label_space = dataset_space
         self.labelled_classes = labelled_classes(dataset_space, self.label_space)
@@ -443,7 +456,9 @@ class Evaluator:
     def evaluate(self, candidate: Candidate, what: str, keep: bool) -> tuple[dict, np.ndarray, list]:
         """Scores per protocol, the summed confusion matrix, and this process's first predictions."""
         a, acc = self.args, self.accelerator
-        model = load_segmenter(candidate.path, a.revision, a.trust_remote_code).to(acc.device)
+        model = load_segmenter(
+            candidate.path, a.revision, a.trust_remote_code, self.label_space.class_names
+        ).to(acc.device)
         metric = MeanIoU(self.num_labels)
         _, predictions = evaluate_segmentation(
             model,
@@ -516,9 +531,9 @@ class Evaluator:
         if "min_entropy" in selections:
             rows, described = self.selection_rows()
             for entry, candidate in zip(table, self.candidates):
-                model = load_segmenter(candidate.path, a.revision, a.trust_remote_code).to(
-                    self.accelerator.device
-                )
+                model = load_segmenter(
+                    candidate.path, a.revision, a.trust_remote_code, self.label_space.class_names
+                ).to(self.accelerator.device)
                 entry["mean_entropy"] = mean_entropy(
                     model,
                     rows,
@@ -748,8 +763,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> EvaluationArguments:
         raise UsageError("--selection chooses among snapshots: it needs --snapshots_dir")
     if args.input_size is not None and (len(args.input_size) != 2 or min(args.input_size) < 1):
         raise UsageError(f"--input_size takes HEIGHT WIDTH, got {args.input_size}")
-    if args.normalization not in (None, "caffe", "imagenet"):
-        raise UsageError(f"--normalization must be caffe or imagenet, got {args.normalization!r}")
+    if args.normalization not in (None, *NORMALIZATIONS):
+        raise UsageError(
+            f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {args.normalization!r}"
+        )
     if args.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise UsageError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
     for name in ("max_images", "selection_max_images"):

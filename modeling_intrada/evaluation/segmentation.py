@@ -19,6 +19,7 @@ from modeling_intrada.data.datasets import ColumnLayout, load_split
 from modeling_intrada.evaluation.metrics import MeanIoU, SegmentationScores
 from modeling_intrada.labels import build_lut
 from modeling_intrada.method.losses import entropy_map, upsample_logits
+from modeling_intrada.method.segmenters import uses_align_corners
 from modeling_intrada.models.deeplabv2.image_transforms import label_to_array, normalize, resize_image
 
 
@@ -144,6 +145,7 @@ def evaluate_segmentation(
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     model.eval()
+    align_corners = uses_align_corners(model)
     metric = MeanIoU(num_labels) if metric is None else metric
     kept: list[tuple[int, np.ndarray]] = []
     dtype = _autocast_dtype(mixed_precision)
@@ -153,7 +155,8 @@ def evaluate_segmentation(
             logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         for j, labels in enumerate(batch["labels"]):
             labels = labels.to(device)
-            prediction = upsample_logits(logits[j : j + 1].float(), tuple(labels.shape)).argmax(dim=1)[0]
+            prediction = upsample_logits(logits[j : j + 1].float(), tuple(labels.shape), align_corners)
+            prediction = prediction.argmax(dim=1)[0]
             metric.update(prediction, labels)
             if batch["index"][j] < keep_predictions:
                 kept.append((batch["index"][j], prediction.to(torch.uint8).cpu().numpy()))

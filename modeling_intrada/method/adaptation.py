@@ -83,6 +83,8 @@ class SegmentationTask:
         seg_weights: supervised weights (aux, main) = (0.1, 1.0).
         adv_weights: adversarial (or MinEnt) weights (aux, main) = (0.0002, 0.001).
         ignore_index: label value without a class.
+        align_corners: how logits are upsampled to the input size: True for DeepLab-v2 (the reference),
+            False for transformers' segmenters (`segmenters.uses_align_corners`).
     """
 
     framework: str = "advent"
@@ -90,6 +92,7 @@ class SegmentationTask:
     seg_weights: tuple[float, float] = (0.1, 1.0)
     adv_weights: tuple[float, float] = (0.0002, 0.001)
     ignore_index: int = IGNORE_INDEX
+    align_corners: bool = True
 
     def __post_init__(self) -> None:
         check_framework(self.framework)
@@ -108,13 +111,13 @@ class SegmentationTask:
         return list(weights) if self.multi_level else [weights[-1]]
 
     def forward(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> list[LevelOutput]:
-        """Run the generator; logits upsampled (bilinear, align_corners) to the input size, as the reference."""
+        """Run the generator; logits upsampled (bilinear) to the input size, as the reference."""
         output = model(pixel_values=pixel_values)
         size = tuple(pixel_values.shape[-2:])
-        levels = [output.aux_logits, output.logits] if self.multi_level else [output.logits]
+        levels = [output.get("aux_logits"), output.logits] if self.multi_level else [output.logits]
         if any(level is None for level in levels):
             raise ValueError("multi_level is set but the generator returned no aux_logits")
-        return [LevelOutput(upsample_logits(level, size)) for level in levels]
+        return [LevelOutput(upsample_logits(level, size, self.align_corners)) for level in levels]
 
     def supervised_loss(self, outputs: Sequence[LevelOutput], labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every level, weighted: main 1.0 + aux 0.1."""

@@ -31,6 +31,7 @@ from PIL import Image
 
 from modeling_intrada.errors import MissingInputError, NonFiniteLossError, UsageError
 from modeling_intrada.method.losses import upsample_logits, weighted_self_information
+from modeling_intrada.method.segmenters import uses_align_corners
 
 RANKING_FILE = "ranking.json"
 PICTURE_FILE = "ranking.png"
@@ -115,7 +116,9 @@ def split_by_score(scores: Sequence[float], keys: Sequence[int], lambda_easy: fl
 def segmentation_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """The main head's logits upsampled to the input size (the ranking's default prediction function)."""
     logits = model(pixel_values=pixel_values).logits
-    return upsample_logits(logits, tuple(pixel_values.shape[-2:])) if logits.dim() == 4 else logits
+    if logits.dim() != 4:
+        return logits
+    return upsample_logits(logits, tuple(pixel_values.shape[-2:]), uses_align_corners(model))
 
 
 @dataclass

@@ -36,14 +36,16 @@ import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import RepoCard
+from transformers import AutoImageProcessor
 
-from modeling_intrada import DeepLabV2Config, FeatureDiscriminatorConfig
+from modeling_intrada import FeatureDiscriminatorConfig
 from modeling_intrada.data.dataset_card import REPO_ID_PLACEHOLDER, write_card
 from modeling_intrada.data.datasets import LABEL_SPACE_FILE
 from modeling_intrada.data.synthetic import SYNTHETIC_DATASET, synthetic_dir_of
 from modeling_intrada.errors import MissingInputError
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
+from modeling_intrada.method.segmenters import DEEPLABV2, normalization_of, supported_model_types
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
 
 STAGES = ("inter", "intra")  # the stages whose G is a segmenter
@@ -703,6 +705,19 @@ def segmenter_card(
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     folder = run.model_dir(stage)
     model_config, processor = _model_config(folder), _processor_config(folder)
+    model_type = str(model_config.get("model_type"))
+    remote_code = model_type == DEEPLABV2
+    if remote_code:
+        architecture = (
+            f"DeepLab-v2 (`{model_config.get('backbone', '?')}` backbone, ASPP heads"
+            f"{', multi-level' if model_config.get('multi_level', True) else ''})"
+        )
+        normalization = processor.get("normalization", "?")
+    else:
+        architecture = (
+            f"`{(model_config.get('architectures') or [model_type])[0]}` (transformers' `{model_type}`)"
+        )
+        normalization = normalization_of(AutoImageProcessor.from_pretrained(folder), str(folder))
     names = [name for _, name in _run_datasets(run.config)]
     terms = {name: dataset_terms(name, run.config) for name in names}
     results = run.results_for(stage)
@@ -717,7 +732,7 @@ def segmenter_card(
         license=license or _model_license(terms.values()),
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        tags=["intrada", "domain-adaptation", "semantic-segmentation", "deeplabv2", f"g_{stage}"],
+        tags=["intrada", "domain-adaptation", "semantic-segmentation", model_type, f"g_{stage}"],
         datasets=list(dict.fromkeys(dataset_ids)) or None,
         metrics=["mean_iou"],
         eval_results=eval_results(results, hub_ids) or None,
@@ -730,13 +745,14 @@ def segmenter_card(
         title=f"{model_name}: IntraDA G_{stage}",
         stage=stage,
         stage_description=SEGMENTER_STAGES[stage],
-        backbone=model_config.get("backbone", "?"),
-        multi_level=bool(model_config.get("multi_level", True)),
+        architecture=architecture,
+        remote_code=remote_code,
+        model_class=(model_config.get("architectures") or [model_type])[0],
         num_labels=len(model_config.get("id2label", {})),
         label_space=space,
         input_height=size.get("height", "?"),
         input_width=size.get("width", "?"),
-        normalization=processor.get("normalization", "?"),
+        normalization=normalization,
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         results_section=results_section(results),
         training_section=training_section(run.config, stage),
@@ -953,7 +969,7 @@ def run_cards(
     cards: dict[Path, RepoCard] = {}
     for s in TRAINING_STAGES:
         named = repo_id if s == stage else None
-        if _model_type(layout, s) == DeepLabV2Config.model_type:
+        if _model_type(layout, s) in supported_model_types():
             card = segmenter_card(run, s, named, ranking_repo_id=ranking_repo_id)
             cards[layout.model_dir(s) / CARD_FILE] = card
         for level in LEVELS:
@@ -985,7 +1001,7 @@ def write_run_cards(
         FileNotFoundError: `output_dir` is not a run folder (no `config.yaml`).
     """
     layout = RunLayout(output_dir)
-    segmenters = any(_model_type(layout, s) == DeepLabV2Config.model_type for s in TRAINING_STAGES)
+    segmenters = any(_model_type(layout, s) in supported_model_types() for s in TRAINING_STAGES)
     run = RunSummary.read(output_dir, metrics_files, with_results=segmenters)
     cards = run_cards(run, repo_id=repo_id, stage=stage, ranking_repo_id=ranking_repo_id)
     return [write_card(card, path) for path, card in cards.items()]

@@ -34,6 +34,7 @@ from modeling_intrada.data.synthetic import SYNTHETIC_DATASET
 from modeling_intrada.errors import MissingInputError, UsageError, check_model_reference, user_input
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS, check_framework
 from modeling_intrada.method.ranking import check_lambda
+from modeling_intrada.models.deeplabv2.image_transforms import NORMALIZATIONS
 from modeling_intrada.run_layout import LOGS_DIR, TRAINING_STAGES
 from modeling_intrada.training.stage_loop import StageSettings
 
@@ -194,9 +195,24 @@ class RunArguments:
 
 @dataclass
 class SegmentationArguments(DatasetColumnArguments):
-    """The options only segmentation reads: DeepLab-v2, the datasets' configurations and sizes, evaluation."""
+    """The options only segmentation reads: G, the datasets' configurations and sizes, evaluation."""
 
-    backbone: str = field(
+    generator: str | None = field(
+        default=None,
+        metadata={
+            "help": "start G from this trained segmenter (a folder or Hub id of any per-pixel "
+            "AutoModelForSemanticSegmentation model: SegFormer, UperNet, DPT, BEiT, MobileViT, DeepLab-v2); "
+            "None: a new DeepLab-v2 (--backbone) or --generator_config"
+        },
+    )
+    generator_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "start G from a new, randomly initialised model of this configuration (a config.json, a "
+            "folder with one or a Hub id), with the run's classes"
+        },
+    )
+    backbone: str | None = field(
         default="resnet101",
         metadata={
             "help": "resnet101 | resnet50 | timm:<name> (any timm model with features_only and output_stride=8)"
@@ -214,7 +230,7 @@ class SegmentationArguments(DatasetColumnArguments):
         default=True, metadata={"help": "auxiliary ASPP head and discriminator on layer3"}
     )
     bn_mode: str = field(default="reference", metadata={"help": "reference (BN follows train/eval) | frozen"})
-    atrous_implementation: str = field(
+    atrous_implementation: str | None = field(
         default="dilated",
         metadata={"help": "dilated | space_to_batch: how DeepLab-v2's dilated 3x3 convolutions are computed"},
     )
@@ -546,9 +562,60 @@ def validate_segmentation(args: Arguments) -> None:
         size = getattr(seg, name)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"--{name} takes HEIGHT WIDTH, got {size}")
-    if seg.normalization not in (None, "caffe", "imagenet"):
-        raise ValueError(f"--normalization must be caffe or imagenet, got {seg.normalization!r}")
-    DeepLabV2Config(atrous_implementation=seg.atrous_implementation)  # raises on an unknown implementation
+    if seg.normalization not in (None, *NORMALIZATIONS):
+        raise ValueError(
+            f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {seg.normalization!r}"
+        )
+    if not (seg.generator or seg.generator_config):
+        missing = [
+            f"--{name}" for name in ("backbone", "atrous_implementation") if getattr(seg, name) is None
+        ]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: a new DeepLab-v2 needs them, or pass --generator_config")
+        DeepLabV2Config(
+            atrous_implementation=seg.atrous_implementation
+        )  # raises on an unknown implementation
+    if seg.generator and seg.generator_config:
+        raise ValueError("pass --generator (a trained model) or --generator_config (a new one), not both")
+    if seg.generator:
+        check_model_reference(seg.generator, "--generator")
+    if seg.generator_config:
+        check_config_reference(seg.generator_config)
+    if seg.generator or seg.generator_config:
+        # DeepLab-v2's own options: refused when the user set them, cleared (config.yaml records no backbone)
+        # when they are the defaults, the embedded default config's included.
+        embedded = read_config(DEFAULT_CONFIG)
+        given = []
+        for name in DEEPLAB_OPTIONS:
+            default = SegmentationArguments.__dataclass_fields__[name].default
+            if getattr(seg, name) not in (default, embedded.get(name, default)):
+                given.append(f"--{name}")
+            setattr(seg, name, None)
+        if given:
+            option = "--generator" if seg.generator else "--generator_config"
+            raise ValueError(
+                f"{', '.join(given)} build a new DeepLab-v2, and {option} gives G: remove {', '.join(given)}"
+            )
+
+
+# The options that build a new DeepLab-v2, meaningless when --generator or --generator_config gives G.
+DEEPLAB_OPTIONS = ("backbone", "backbone_weights", "atrous_implementation")
+
+
+def check_config_reference(reference: str) -> str:
+    """`--generator_config`: a config.json file, a folder with one, or a Hub id."""
+    path = Path(reference).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise UsageError(
+                f"--generator_config {reference}: expected a config.json file, a folder or a Hub id"
+            )
+        return reference
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"--generator_config {reference}: the folder has no config.json")
+    if not path.exists():
+        check_model_reference(reference, "--generator_config")
+    return reference
 
 
 def validate_digits(args: Arguments) -> None:

@@ -251,7 +251,8 @@ def check_stage_inputs(run: Run, stages: Sequence[str]) -> None:
         earlier = stages[:index]
         for needed in models_needed(run, stage):
             if needed not in earlier:
-                run.model_path(needed)  # raises, saying which stage to run first
+                # raises, saying which stage to run first, or why the saved model does not fit this run
+                run.check_saved_model(run.model_path(needed), needed)
         if stage == "intra" and options.ranking and Path(options.ranking).expanduser().exists():
             check_ranking_folder(options.ranking)
         ranking_missing = not options.ranking and not run.layout.ranking_summary.is_file()

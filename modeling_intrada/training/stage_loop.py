@@ -33,6 +33,7 @@ from modeling_intrada.method.adaptation import (
     set_learning_rate,
 )
 from modeling_intrada.method.losses import adversarial_loss
+from modeling_intrada.method.segmenters import generator_parameter_groups
 from modeling_intrada.run_layout import CHECKPOINTS_DIR, SNAPSHOTS_DIR, checkpoint_name, checkpoint_step
 
 # Accelerate's adapter: the loop's messages once, from the main process, not once per process.
@@ -247,7 +248,7 @@ class AdaptationStage:
     Args:
         accelerator: an `Accelerator` made with this stage's `gradient_accumulation_steps` and precision.
         task: a `SegmentationTask` or `ClassificationTask` (how G's levels are read, what D sees).
-        generator: G, a `PreTrainedModel` with `parameter_groups` (segmentation) or plain parameters.
+        generator: G: a segmenter (its groups from `segmenters.generator_parameter_groups`) or a classifier.
         discriminators: one per level of `task` (empty for minent / source_only).
         source, target: `(dataset, batch_size)`; source rows carry `labels`, target rows none.
         settings: the stage's numbers.
@@ -328,14 +329,12 @@ class AdaptationStage:
     # ---------------------------------------------------------------------------------------- setup
     def _generator_optimizer(self, generator: torch.nn.Module) -> torch.optim.Optimizer:
         s = self.settings
-        if hasattr(generator, "parameter_groups"):
-            groups = generator.parameter_groups(
-                s.learning_rate, s.head_lr_multiplier, reference_duplicates=s.reference_duplicate_params
-            )
-        else:
-            groups = [
-                {"params": [p for p in generator.parameters() if p.requires_grad], "lr_multiplier": 1.0}
-            ]
+        groups = generator_parameter_groups(
+            generator,
+            s.learning_rate,
+            s.head_lr_multiplier,
+            reference_duplicates=s.reference_duplicate_params,
+        )
         options = self._optimizer_options()
         if s.generator_optimizer == "adam":
             return torch.optim.Adam(groups, lr=s.learning_rate, betas=tuple(s.disc_betas), **options)

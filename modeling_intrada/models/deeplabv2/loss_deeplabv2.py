@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling with `align_corners=True` (the reference's `nn.Upsample` convention)."""
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    """Bilinear upsampling, with `align_corners=True` by default (the reference's `nn.Upsample` convention)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:

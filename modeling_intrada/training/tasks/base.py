@@ -77,16 +77,26 @@ class Run(ABC):
         """The model a finished stage saved (`inter`: or --inter_model)."""
         option = "--inter_model" if stage == "inter" and self.args.run.inter_model else f"the {stage} model"
         path = self.model_path(stage)
+        self.check_saved_model(path, option)
+        return load_pretrained(self.model_class.from_pretrained, path, option)
+
+    def check_saved_model(self, path: str, option: str) -> dict[str, Any]:
+        """Refuse a saved model of another architecture or label space, before anything is written; returns
+        its config dict."""
         config, _ = load_pretrained(self.model_class.config_class.get_config_dict, path, option)
+        self.check_model_type(config, f"{option} {path}")
+        self.check_model_labels(config, f"{option} {path}")
+        return config
+
+    def check_model_type(self, config: dict[str, Any], where: str) -> None:
+        """The task's architecture: from_pretrained would load nothing into a model of another one, and say so
+        only in a log."""
         expected = self.model_class.config_class.model_type
         if config.get("model_type") != expected:
-            # from_pretrained would load nothing into a model of another architecture, and say so only in a log
             raise UsageError(
-                f"{option} {path}: a {config.get('model_type')!r} model, expected {expected!r} (this run's "
+                f"{where}: a {config.get('model_type')!r} model, expected {expected!r} (this run's "
                 "architecture); pass a model saved by this task's stage"
             )
-        self.check_model_labels(config, f"{option} {path}")
-        return load_pretrained(self.model_class.from_pretrained, path, option)
 
     def check_model_labels(self, config: dict[str, Any], where: str) -> None:
         """Refuse a saved model whose classes are not the run's (a task with a label space checks it)."""

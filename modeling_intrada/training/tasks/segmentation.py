@@ -1,7 +1,9 @@
-"""Segmentation, the paper's main task: DeepLab-v2 against one FC discriminator per output level.
+"""Segmentation, the paper's main task: G against one FC discriminator per output level.
 
-Stages: inter (source vs target -> G_inter), rank, intra (easy with pseudo labels vs hard -> G_intra), eval
-(mIoU of G_inter and G_intra on the labelled target validation split).
+G is a new DeepLab-v2 (the paper's), a new model of any per-pixel transformers family (`--generator_config`), or
+a trained segmenter (`--generator`; `--inter_model` for the ranking and stage 3 alone): `method.segmenters` says
+how each is read. Stages: inter (source vs target -> G_inter), rank, intra (easy with pseudo labels vs hard ->
+G_intra), eval (mIoU of G_inter and G_intra on the labelled target validation split).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, PreTrainedModel
 
 from modeling_intrada import (
     DeepLabV2Config,
@@ -30,7 +33,7 @@ from modeling_intrada.data.datasets import (
     read_label_space,
 )
 from modeling_intrada.data.synthetic import resolve_dataset_name
-from modeling_intrada.errors import MissingInputError, UsageError
+from modeling_intrada.errors import MissingInputError, UsageError, load_pretrained
 from modeling_intrada.evaluation.evaluator import (
     Candidate,
     EvaluationArguments,
@@ -42,6 +45,20 @@ from modeling_intrada.labels import get_label_space
 from modeling_intrada.method.adaptation import SegmentationTask
 from modeling_intrada.method.losses import entropy_map
 from modeling_intrada.method.ranking import RankingResult, load_ranking
+from modeling_intrada.method.segmenters import (
+    DEEPLABV2,
+    align_classes,
+    check_segmenter,
+    class_permutation,
+    has_auxiliary_level,
+    image_processor_class,
+    model_class_names,
+    model_type_of,
+    normalization_of,
+    prepare_generator,
+    processor_for_run,
+    uses_align_corners,
+)
 from modeling_intrada.models.deeplabv2.image_transforms import denormalize
 from modeling_intrada.training.arguments import Arguments, run_config
 from modeling_intrada.training.stage_loop import StageSettings
@@ -78,7 +95,9 @@ class SegmentationRun(Run):
         else:
             built = self.layouts[self.target] is None
             self.label_space = read_label_space(self.target) if built else get_label_space("cityscapes")
-        self.normalization = seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
+        # G's family and image processor: what `--generator` / `--generator_config` / `--inter_model` is.
+        self.generator_type, self.processor = self.resolve_generator()
+        self.normalization = self.resolve_normalization()
         self.rare_train_ids = (
             list(seg.rare_train_ids)
             if seg.rare_train_ids is not None
@@ -106,23 +125,131 @@ class SegmentationRun(Run):
                     f"{source_space.name} or a source built with the run's classes"
                 )
 
-    def check_model_labels(self, config: dict[str, Any], where: str) -> None:
-        """A saved G must predict the run's classes, in the run's order."""
-        names = [
-            str(v).lower() for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())
-        ]
-        expected = [n.lower() for n in self.label_space.class_names]
-        if names != expected:
+    def resolve_generator(self) -> tuple[str, Any]:
+        """The model type of G and the image processor its saved folders get: from `--generator`,
+        `--generator_config` or `--inter_model`, else DeepLab-v2's. Refuses a model that is not a per-pixel
+        segmenter or whose classes are not the run's (by name: another order is mapped)."""
+        seg, run = self.args.segmentation, self.args.run
+        reference, option = (
+            seg.generator or seg.generator_config,
+            ("--generator" if seg.generator else "--generator_config"),
+        )
+        if reference is None and run.inter_model:
+            reference, option = run.inter_model, "--inter_model"
+        if reference is None:
+            return DEEPLABV2, None
+        config = self.read_config(reference, option)
+        model_type = check_segmenter(config, f"{option} {reference}")
+        if model_type != DEEPLABV2:
+            self.check_family_options(model_type, option)
+        if option != "--generator_config":
+            class_permutation(
+                model_class_names(config), self.label_space.class_names, f"{option} {reference}"
+            )
+        processor = None
+        if option != "--generator_config":
+            try:
+                processor = AutoImageProcessor.from_pretrained(reference)
+            except (OSError, ValueError):
+                processor = None  # a model saved without its processor: the family's default
+        if processor is None and model_type != DEEPLABV2:
+            processor = image_processor_class(model_type)()
+        return model_type, processor
+
+    def check_family_options(self, model_type: str, option: str) -> None:
+        """Options that only DeepLab-v2 has a meaning for, refused with G of another family."""
+        run = self.args.run
+        if self.args.settings.reference_duplicate_params:
             raise UsageError(
-                f"{where}: the model predicts {len(names)} classes {names[:4]}... but the run's label space "
-                f"{self.label_space.name!r} has {len(expected)} {expected[:4]}...: pass --label_space with the "
-                "model's classes or a model trained on them"
+                f"--reference_duplicate_params repeats DeepLab-v2's backbone tensors as the authors' code did; "
+                f"G is a {model_type!r} model: remove it"
+            )
+        plug_in = option == "--inter_model"
+        if plug_in and run.intra_init == "imagenet" and run.stage in ("intra", "all"):
+            raise UsageError(
+                f"--intra_init imagenet starts G_intra as a new DeepLab-v2, but --inter_model is a {model_type!r} "
+                "model: pass --intra_init inter (stage 3 continues it), or --generator / --generator_config for "
+                "G_intra's start"
             )
 
+    @staticmethod
+    def read_config(reference: str, option: str) -> dict[str, Any]:
+        """The config dict of a model folder, a config.json or a Hub id."""
+        path = Path(reference).expanduser()
+        if path.is_file():
+            import json
+
+            try:
+                return json.loads(path.read_text())
+            except ValueError as error:
+                raise UsageError(f"{option} {reference}: not a JSON config ({error})") from error
+        config, _ = load_pretrained(AutoConfig.get_config_dict, reference, option)
+        return config
+
+    def resolve_normalization(self) -> str:
+        """The pixel normalisation of every image of the run: G's image processor's (a DeepLab-v2 without one:
+        caffe for the ResNets, imagenet for timm backbones); `--normalization` must agree with a processor."""
+        seg = self.args.segmentation
+        if self.processor is None:
+            return seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
+        own = normalization_of(self.processor, f"G ({self.generator_type})")
+        if seg.normalization and seg.normalization != own:
+            raise UsageError(
+                f"--normalization {seg.normalization}, but G's image processor normalises as {own!r}: remove "
+                "--normalization (G was trained on its processor's pixel values)"
+            )
+        return own
+
+    def check_model_labels(self, config: dict[str, Any], where: str) -> None:
+        """A saved G must predict the run's classes (in another order they are mapped when it is loaded)."""
+        class_permutation(model_class_names(config), self.label_space.class_names, where)
+
+    def check_model_type(self, config: dict[str, Any], where: str) -> None:
+        """G may be any per-pixel segmenter, of the run's family."""
+        model_type = check_segmenter(config, where)
+        if model_type != self.generator_type:
+            raise UsageError(
+                f"{where}: a {model_type!r} model, but this run's G is {self.generator_type!r}: pass the options "
+                "of the run that trained it (--generator, --generator_config or --inter_model)"
+            )
+
+    def load_model(self, stage: str) -> PreTrainedModel:
+        """The G a finished stage saved (`inter`: or --inter_model), in the run's class order, set up for
+        training (`segmenters.prepare_generator`)."""
+        option = "--inter_model" if stage == "inter" and self.args.run.inter_model else f"the {stage} model"
+        path = self.model_path(stage)
+        config = self.check_saved_model(path, option)
+        if model_type_of(config) == DEEPLABV2:
+            model = load_pretrained(DeepLabV2ForSemanticSegmentation.from_pretrained, path, option)
+        else:
+            model = load_pretrained(AutoModelForSemanticSegmentation.from_pretrained, path, option)
+        return self.ready(model, f"{option} {path}")
+
+    def ready(self, model: PreTrainedModel, where: str) -> PreTrainedModel:
+        """A built or loaded G in the run's class order, its normalisation layers and levels set up."""
+        seg = self.args.segmentation
+        align_classes(model, self.label_space.class_names, where)
+        prepare_generator(model, seg.bn_mode, seg.multi_level)
+        return model
+
     # ------------------------------------------------------------------------------- training
-    def new_generator(self, seed: int) -> DeepLabV2ForSemanticSegmentation:
+    def new_generator(self, seed: int) -> PreTrainedModel:
+        """G at the start of a stage that does not continue G_inter: `--generator`, a new model of
+        `--generator_config`, or a new DeepLab-v2 (its backbone from `--backbone_weights`)."""
         seg = self.args.segmentation
         set_seed(seed)
+        if seg.generator:
+            model = load_pretrained(
+                AutoModelForSemanticSegmentation.from_pretrained, seg.generator, "--generator"
+            )
+            return self.ready(model, f"--generator {seg.generator}")
+        if seg.generator_config:
+            config = AutoConfig.for_model(**self.read_config(seg.generator_config, "--generator_config"))
+            config.id2label = self.label_space.id2label
+            config.label2id = self.label_space.label2id
+            config.num_labels = self.label_space.num_classes
+            model = AutoModelForSemanticSegmentation.from_config(config)
+            return self.ready(model, f"--generator_config {seg.generator_config}")
         config = DeepLabV2Config(
             backbone=seg.backbone,
             id2label=self.label_space.id2label,
@@ -138,18 +265,22 @@ class SegmentationRun(Run):
 
     def new_discriminators(self, framework: str) -> list[FCDiscriminator]:
         set_seed(self.args.settings.seed + 1)
-        levels = 2 if self.args.segmentation.multi_level else 1
         return [
             FCDiscriminator(FCDiscriminatorConfig(num_channels=self.label_space.num_classes))
-            for _ in range(levels)
+            for _ in self.levels
         ]
 
-    def save_generator(self, model: DeepLabV2ForSemanticSegmentation, folder: Path) -> None:
+    def save_generator(self, model: PreTrainedModel, folder: Path) -> None:
+        """G and its image processor, set to the run's target size and normalisation."""
         model.save_pretrained(folder)
         height, width = self.args.segmentation.target_size
-        DeepLabV2ImageProcessor(
-            size={"height": height, "width": width}, normalization=self.normalization
-        ).save_pretrained(folder)
+        if model_type_of(model) == DEEPLABV2:
+            processor = DeepLabV2ImageProcessor(
+                size={"height": height, "width": width}, normalization=self.normalization
+            )
+        else:
+            processor = processor_for_run(self.processor, (height, width))
+        processor.save_pretrained(folder)
 
     def training_split(self, which: str, with_labels: bool) -> SegmentationDataset:
         """The source or the target training split, at its input size, with the run's crops and flips."""
@@ -179,6 +310,7 @@ class SegmentationRun(Run):
         seed = self.args.settings.seed
         if stage == "inter":
             generator = self.new_generator(seed)
+            self.levels, self.align_corners = self.generator_levels(generator)
             return generator, self.training_split("source", True), self.training_split("target", False)
         ranking = load_ranking(self.args.run.ranking or self.layout.ranking_dir)
         target = self.training_split("target", with_labels=False)
@@ -187,13 +319,22 @@ class SegmentationRun(Run):
             generator = self.load_model("inter")
         else:
             generator = self.new_generator(seed + 2)
+        self.levels, self.align_corners = self.generator_levels(generator)
         return generator, easy, hard
 
+    def generator_levels(self, generator: PreTrainedModel) -> tuple[list[str], bool]:
+        """G's output levels (main, and aux first when `--multi_level` and G has a second level) and how its
+        logits are upsampled: what `loop_task` and `new_discriminators` build on."""
+        multi_level = self.args.segmentation.multi_level and has_auxiliary_level(generator)
+        return (["aux", "main"] if multi_level else ["main"]), uses_align_corners(generator)
+
     def loop_task(self, stage: str, framework: str) -> SegmentationTask:
+        """What the loop sees of G: its levels (set by `training_inputs`), losses and discriminator inputs."""
         seg = self.args.segmentation
         return SegmentationTask(
             framework=framework,
-            multi_level=seg.multi_level,
+            multi_level=len(self.levels) == 2,
+            align_corners=self.align_corners,
             seg_weights=(seg.seg_aux_weight, 1.0),
             adv_weights=(seg.adv_aux_weight, self.adv_main_weight(stage)),
         )
