@@ -12,7 +12,7 @@ dependency, and `tests/test_labels.py` checks the literal Cityscapes table below
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -414,3 +414,12 @@ def same_class_name(name: str) -> str:
     """A class name as names are compared across datasets and models: case, `_` and `-` do not count
     ("Traffic_Light" is "traffic light")."""
     return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def class_name_table(from_names: Sequence[str], to_names: Sequence[str]) -> tuple[dict[int, int], list[str]]:
+    """Train id in `from_names` -> train id in `to_names`, for the classes of the same name
+    (`same_class_name`), and the classes of `to_names` that `from_names` lacks."""
+    index = {same_class_name(name): i for i, name in enumerate(to_names)}
+    table = {i: index[same_class_name(n)] for i, n in enumerate(from_names) if same_class_name(n) in index}
+    present = {same_class_name(n) for n in from_names}
+    return table, [n for n in to_names if same_class_name(n) not in present]

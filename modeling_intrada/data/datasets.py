@@ -530,15 +530,19 @@ def build_segmentation_dataset(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     layout: ColumnLayout | None = None,
+    label_lut: np.ndarray | None = None,
 ) -> SegmentationDataset | StreamingSegmentationDataset:
-    """Open a split and wrap it for training in one call (see `load_split`, `SegmentationTransform`)."""
+    """Open a split and wrap it for training in one call (see `load_split`, `SegmentationTransform`);
+    `label_lut` maps a built dataset's train ids to the run's (a layout brings its own)."""
+    if label_lut is not None and layout is not None:
+        raise ValueError("label_lut is for built datasets; a layout maps its labels itself")
     transform = SegmentationTransform(
         size=tuple(size) if size is not None else None,
         normalization=normalization,
         crop_size=tuple(crop_size) if crop_size is not None else None,
         hflip=hflip,
         seed=seed,
-        label_lut=layout.label_lut() if layout is not None else None,
+        label_lut=layout.label_lut() if layout is not None else label_lut,
     )
     split_data = load_split(source, config, split, streaming=streaming, cache_dir=cache_dir, layout=layout)
     if streaming:

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForSemanticSegmentation,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from modeling_intrada import (
     DeepLabV2Config,
@@ -41,7 +47,7 @@ from modeling_intrada.evaluation.evaluator import (
 )
 from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit
-from modeling_intrada.labels import get_label_space
+from modeling_intrada.labels import build_lut, class_name_table, get_label_space
 from modeling_intrada.method.adaptation import SegmentationTask
 from modeling_intrada.method.losses import entropy_map
 from modeling_intrada.method.ranking import RankingResult, load_ranking
@@ -106,8 +112,9 @@ class SegmentationRun(Run):
         self.check_label_spaces()
 
     def check_label_spaces(self) -> None:
-        """The source's labels, the rare classes and the run's classes must be one label space: training
-        on a source with other classes would learn the wrong ids without an error."""
+        """The rare classes must be the run's; a built source labelled in another label space is mapped to the
+        run's classes by name (its other classes become the ignore index) and refused when it lacks one of
+        them: training on other ids would learn the wrong classes without an error."""
         space = self.label_space
         bad = [i for i in self.rare_train_ids if not 0 <= i < space.num_classes]
         if bad:
@@ -115,39 +122,44 @@ class SegmentationRun(Run):
                 f"--rare_train_ids {bad} are not classes of {space.name!r} (train ids 0..{space.num_classes - 1}); "
                 "pass train ids of the run's label space"
             )
+        self.source_lut = None
         source_path = Path(self.source)
         if source_path.is_dir() and (source_path / LABEL_SPACE_FILE).is_file():
             source_space = read_label_space(self.source)
-            if [n.lower() for n in source_space.class_names] != [n.lower() for n in space.class_names]:
+            table, missing = class_name_table(source_space.class_names, space.class_names)
+            if missing:
                 raise UsageError(
                     f"the source {self.source} is labelled in {source_space.name!r} ({source_space.num_classes} "
-                    f"classes) but the run trains {space.name!r} ({space.num_classes} classes): pass --label_space "
-                    f"{source_space.name} or a source built with the run's classes"
+                    f"classes), which lacks the run's classes {missing} ({space.name!r}): pass --label_space "
+                    f"{source_space.name} or a source labelled with the run's classes"
                 )
+            if table != {i: i for i in range(space.num_classes)}:
+                self.source_lut = build_lut(table, 256)
 
     def resolve_generator(self) -> tuple[str, Any]:
         """The model type of G and the image processor its saved folders get: from `--generator`,
         `--generator_config` or `--inter_model`, else DeepLab-v2's. Refuses a model that is not a per-pixel
         segmenter or whose classes are not the run's (by name: another order is mapped)."""
         seg, run = self.args.segmentation, self.args.run
-        reference, option = (
-            seg.generator or seg.generator_config,
-            ("--generator" if seg.generator else "--generator_config"),
-        )
-        if reference is None and run.inter_model:
+        if seg.generator:
+            reference, option = seg.generator, "--generator"
+        elif seg.generator_config:
+            reference, option = seg.generator_config, "--generator_config"
+        elif run.inter_model:
             reference, option = run.inter_model, "--inter_model"
-        if reference is None:
+        else:
             return DEEPLABV2, None
         config = self.read_config(reference, option)
         model_type = check_segmenter(config, f"{option} {reference}")
         if model_type != DEEPLABV2:
-            self.check_family_options(model_type, option)
-        if option != "--generator_config":
+            self.check_family_options(model_type, option, config)
+        processor = None
+        if option == "--generator_config":
+            self.generator_config = self.segmenter_config(config)
+        else:
             class_permutation(
                 model_class_names(config), self.label_space.class_names, f"{option} {reference}"
             )
-        processor = None
-        if option != "--generator_config":
             try:
                 processor = AutoImageProcessor.from_pretrained(reference)
             except (OSError, ValueError):
@@ -156,14 +168,45 @@ class SegmentationRun(Run):
             processor = image_processor_class(model_type)()
         return model_type, processor
 
-    def check_family_options(self, model_type: str, option: str) -> None:
+    def segmenter_config(self, config: dict[str, Any]) -> PreTrainedConfig:
+        """`--generator_config` with the run's classes, checked by building the model on the meta device (no
+        memory, no time): a config transformers cannot build is refused before anything is written."""
+        where = f"--generator_config {self.args.segmentation.generator_config}"
+        try:
+            built = AutoConfig.for_model(**config)
+            built.id2label = self.label_space.id2label
+            built.label2id = self.label_space.label2id
+            built.num_labels = self.label_space.num_classes
+            with torch.device("meta"):
+                AutoModelForSemanticSegmentation.from_config(built)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:
+            raise UsageError(f"{where}: transformers cannot build a model from it ({error})") from error
+        return built
+
+    def check_family_options(self, model_type: str, option: str, config: dict[str, Any]) -> None:
         """Options that only DeepLab-v2 has a meaning for, refused with G of another family."""
-        run = self.args.run
+        run, seg = self.args.run, self.args.segmentation
         if self.args.settings.reference_duplicate_params:
             raise UsageError(
                 f"--reference_duplicate_params repeats DeepLab-v2's backbone tensors as the authors' code did; "
                 f"G is a {model_type!r} model: remove it"
             )
+        if model_type == "dpt" and config.get("backbone_config") is None:
+            sizes = {
+                "--source_size": seg.source_size,
+                "--target_size": seg.target_size,
+                "--crop_size": seg.crop_size,
+            }
+            oblong = [
+                f"{name} {' '.join(map(str, size))}"
+                for name, size in sizes.items()
+                if size and size[0] != size[1]
+            ]
+            if oblong:
+                raise UsageError(
+                    f"a ViT DPT model reads square inputs only (transformers reshapes its tokens to a square), got "
+                    f"{', '.join(oblong)}: pass square sizes, or a DPT with a backbone_config"
+                )
         plug_in = option == "--inter_model"
         if plug_in and run.intra_init == "imagenet" and run.stage in ("intra", "all"):
             raise UsageError(
@@ -244,11 +287,7 @@ class SegmentationRun(Run):
             )
             return self.ready(model, f"--generator {seg.generator}")
         if seg.generator_config:
-            config = AutoConfig.for_model(**self.read_config(seg.generator_config, "--generator_config"))
-            config.id2label = self.label_space.id2label
-            config.label2id = self.label_space.label2id
-            config.num_labels = self.label_space.num_classes
-            model = AutoModelForSemanticSegmentation.from_config(config)
+            model = AutoModelForSemanticSegmentation.from_config(self.generator_config)
             return self.ready(model, f"--generator_config {seg.generator_config}")
         config = DeepLabV2Config(
             backbone=seg.backbone,
@@ -300,6 +339,7 @@ class SegmentationRun(Run):
             with_labels=with_labels,
             seed=self.args.settings.seed,
             layout=self.layouts[name],
+            label_lut=self.source_lut if which == "source" else None,
         )
 
     def training_inputs(
