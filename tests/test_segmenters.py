@@ -91,7 +91,9 @@ def test_encoder_at_the_base_rate_and_every_other_parameter_at_the_head_rate(fam
 
 
 def test_deeplabv2_keeps_its_own_groups():
-    model = DeepLabV2ForSemanticSegmentation(DeepLabV2Config(backbone="timm:mobilenetv3_small_100", num_labels=3))
+    model = DeepLabV2ForSemanticSegmentation(
+        DeepLabV2Config(backbone="timm:mobilenetv3_small_100", num_labels=3)
+    )
     groups = generator_parameter_groups(model, 0.01)
     assert [g["name"] for g in groups] == ["backbone", "heads"]
     assert uses_align_corners(model) and not uses_align_corners(tiny_model("segformer"))
@@ -164,7 +166,12 @@ def _rank(out_dir: str, rank: int, world_size: int, accelerator=None) -> None:
         model = tiny_model(family, seed=4)
         batches = sharded_batches(Images(7, 64), 3, rank, world_size)
         result = rank_by_entropy(
-            model, batches, lambda_easy=0.5, normalize=True, rare_train_ids=[5, 7, 11], accelerator=accelerator
+            model,
+            batches,
+            lambda_easy=0.5,
+            normalize=True,
+            rare_train_ids=[5, 7, 11],
+            accelerator=accelerator,
         )
         if rank == 0:
             save_ranking(result, f"{out_dir}/{family}", target_dataset="images", model_name=family)
