@@ -9,6 +9,7 @@ G_intra), eval (mIoU of G_inter and G_intra on the labelled target validation sp
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +221,11 @@ class SegmentationRun(Run):
         """The config dict of a model folder, a config.json or a Hub id."""
         path = Path(reference).expanduser()
         if path.is_file():
-            import json
-
             try:
                 return json.loads(path.read_text())
             except ValueError as error:
                 raise UsageError(f"{option} {reference}: not a JSON config ({error})") from error
-        config, _ = load_pretrained(AutoConfig.get_config_dict, reference, option)
+        config, _ = load_pretrained(PreTrainedConfig.get_config_dict, reference, option)
         return config
 
     def resolve_normalization(self) -> str:

@@ -1,0 +1,198 @@
+"""`run_intrada.py` with G of another family than DeepLab-v2: every stage runs, saves, reloads with the Auto
+classes (and `pipeline`) where this library is not installed, evaluates and writes its cards; the plug-in use
+(`--inter_model`) on a SegFormer this project did not train; and the refusals, before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from segmenter_configs import WITH_AUXILIARY_HEAD, tiny_config, write_tiny_config
+from test_auto_classes import run_python
+from test_bad_inputs import _refused
+from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessor
+
+from modeling_intrada.data.synthetic import build_synthetic_dataset
+from modeling_intrada.labels import get_label_space
+from modeling_intrada.training import pipeline
+
+RUN_CLASSES = list(get_label_space("synthetic").class_names)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("any-segmenter-data")
+    return build_synthetic_dataset(
+        root, seed=0, num_source=4, num_target_train=6, num_target_val=4, height=64, width=128
+    )
+
+
+def run_arguments(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--output_dir", str(run_dir),
+        "--source_dataset", str(data), "--target_dataset", str(data), "--val_dataset", str(data),
+        "--source_size", "64", "128", "--target_size", "64", "128",
+        "--num_iterations", "2", "--max_iters", "10", "--batch_size", "2", "--eval_batch_size", "4",
+        "--num_workers", "0", "--lambda_easy", "0.5", "--log_steps", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def run(argv: list[str]) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only wait for each other on a shared machine
+    try:
+        return pipeline.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def saved_segformer(folder: Path, class_names: list[str], seed: int = 7) -> Path:
+    """A SegFormer saved as another project would (weights, config, processor): not trained by this one."""
+    torch.manual_seed(seed)
+    config = tiny_config("segformer")
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: i for i, name in enumerate(class_names)}
+    AutoModelForSemanticSegmentation.from_config(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 128}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["segformer", "upernet", "mobilevit"])
+def test_every_stage_with_a_new_model_of_the_family(family, data, tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_tiny_config(family, tmp_path)
+    run(run_arguments(run_dir, data, "--generator_config", str(config)))
+
+    levels = ["aux", "main"] if family in WITH_AUXILIARY_HEAD else ["main"]
+    for stage in ("inter", "intra"):
+        model_dir = run_dir / stage / "model"
+        saved = json.loads((model_dir / "config.json").read_text())
+        assert saved["model_type"] == family and list(saved["id2label"].values()) == RUN_CLASSES
+        assert sorted(p.name for p in (run_dir / stage / "discriminators").iterdir()) == levels
+        card = (model_dir / "README.md").read_text()
+        assert saved["architectures"][0] in card and "trust_remote_code" not in card
+    assert (run_dir / "ranking" / "README.md").is_file()
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert {"G_inter", "G_intra"} <= set(json.dumps(metrics).replace('"', " ").split())
+
+    # A user with transformers alone: the Auto classes and the pipeline load G_intra, no remote code.
+    Image.fromarray(np.full((64, 128, 3), 90, np.uint8)).save(tmp_path / "street.png")
+    result = run_python(
+        f"""
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+        folder = {str(run_dir / "intra" / "model")!r}
+        model = AutoModelForSemanticSegmentation.from_pretrained(folder)
+        processor = AutoImageProcessor.from_pretrained(folder)
+        print(type(model).__name__, processor(images=[__import__("PIL.Image").Image.open("street.png")],
+              return_tensors="pt")["pixel_values"].shape[-2:])
+        segments = pipeline("image-segmentation", model=folder)("street.png")
+        print(sorted(s["label"] for s in segments)[:1])
+        """,
+        tmp_path,
+        with_package=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert saved["architectures"][0] in result.stdout and "[64,128]" in result.stdout.replace(" ", "")
+
+
+def test_plug_in_ranking_and_stage_3_on_a_segformer_trained_elsewhere(data, tmp_path):
+    order = list(np.random.default_rng(2).permutation(len(RUN_CLASSES)))
+    theirs = saved_segformer(tmp_path / "theirs", [RUN_CLASSES[i].title() for i in order])
+    run_dir = tmp_path / "run"
+    plug_in = ["--inter_model", str(theirs), "--intra_init", "inter"]
+    for stage in ("rank", "intra", "eval"):
+        run(run_arguments(run_dir, data, *plug_in, "--stage", stage))
+
+    summary = json.loads((run_dir / "ranking" / "ranking.json").read_text())
+    assert summary["num_easy"] + summary["num_hard"] == 6
+    g_intra = json.loads((run_dir / "intra" / "model" / "config.json").read_text())
+    assert list(g_intra["id2label"].values()) == RUN_CLASSES  # mapped by name to the run's order
+    # G_intra started from their model with its classifier rows in the run's order.
+    start = load_file(theirs / "model.safetensors")["decode_head.classifier.weight"]
+    trained = load_file(run_dir / "intra" / "model" / "model.safetensors")["decode_head.classifier.weight"]
+    inverse = [order.index(i) for i in range(len(order))]
+    assert (trained - start[inverse]).abs().max() < 0.05 < (trained - start).abs().max()
+    results = (run_dir / "eval" / "results.md").read_text()
+    assert "G_inter" in results and "G_intra" in results
+    assert (run_dir / "intra" / "model" / "README.md").is_file()
+
+
+def test_stage_1_from_a_trained_segformer(data, tmp_path):
+    theirs = saved_segformer(tmp_path / "theirs", RUN_CLASSES)
+    run_dir = tmp_path / "run"
+    run(run_arguments(run_dir, data, "--generator", str(theirs), "--stage", "inter"))
+    start = load_file(theirs / "model.safetensors")
+    trained = load_file(run_dir / "inter" / "model" / "model.safetensors")
+    assert start.keys() == trained.keys()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    processor = json.loads((run_dir / "inter" / "model" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 64, "width": 128} and processor["image_mean"] == [
+        0.485,
+        0.456,
+        0.406,
+    ]
+
+
+def _refusal_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    mask = tmp_path / "mask2former.json"
+    mask.write_text(json.dumps({"model_type": "mask2former"}))
+    broken = tmp_path / "mobilevit.json"
+    broken.write_text(json.dumps({**tiny_config("mobilevit").to_dict(), "atrous_rates": [2, 4]}))
+    other_classes = saved_segformer(tmp_path / "other", [*RUN_CLASSES[:-1], "lamp post"])
+    segformer = write_tiny_config("segformer", tmp_path)
+    return {
+        "mask model": (["--generator_config", str(mask)], "set of masks"),
+        "unbuildable config": (["--generator_config", str(broken)], "cannot build a model"),
+        "other classes": (["--generator", str(other_classes)], r"lacks \['bicycle'\]"),
+        "backbone with a generator": (
+            ["--generator_config", str(segformer), "--backbone", "resnet50"],
+            "build a new DeepLab-v2",
+        ),
+        "both generators": (
+            ["--generator_config", str(segformer), "--generator", str(other_classes)],
+            "not both",
+        ),
+        "oblong DPT": (
+            ["--generator_config", str(write_tiny_config("dpt", tmp_path)), "--source_size", "64", "128"],
+            "square inputs",
+        ),
+        "normalisation against the processor": (
+            ["--generator_config", str(segformer), "--normalization", "caffe"],
+            "normalises as 'imagenet'",
+        ),
+        "plug-in with a new DeepLab-v2 for stage 3": (
+            ["--inter_model", str(saved_segformer(tmp_path / "ok", RUN_CLASSES)), "--intra_init", "imagenet"],
+            "--intra_init inter",
+        ),
+        "reference duplicates": (
+            ["--generator_config", str(segformer), "--reference_duplicate_params"],
+            "reference_duplicate_params",
+        ),
+    }
+
+
+CASES = (
+    "mask model",
+    "unbuildable config",
+    "other classes",
+    "backbone with a generator",
+    "both generators",
+    "oblong DPT",
+    "normalisation against the processor",
+    "plug-in with a new DeepLab-v2 for stage 3",
+    "reference duplicates",
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_refused_before_anything_is_written(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INTRADA_DEBUG", raising=False)
+    argv, message = _refusal_cases(tmp_path)[case]
+    _refused(capsys, pipeline.main, [*argv, "--output_dir", str(tmp_path / "out")], message, tmp_path / "out")
