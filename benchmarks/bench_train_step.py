@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py --backbone resnet101 --source_size 144 256 --target_size 128 256
     python benchmarks/bench_train_step.py --implementation both          # ours and the plain re-statement
     python benchmarks/bench_train_step.py --device cuda --precision bf16 --channels_last --compile
+    python benchmarks/bench_train_step.py --generator_config benchmarks/configs/segformer_mit_b5.json
 
 `ours` runs `AdaptationStage.adversarial_iteration` + `optimizer_step` (modeling_intrada/training/stage_loop.py) on
 `DeepLabV2ForSemanticSegmentation`; `reference` runs the authors' iteration re-stated in plain PyTorch
@@ -19,10 +20,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from _common import environment, median, peak_memory_mb, report, synchronize
 from accelerate import Accelerator
+from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from modeling_intrada import (
     DeepLabV2Config,
@@ -31,6 +34,7 @@ from modeling_intrada import (
     FCDiscriminatorConfig,
 )
 from modeling_intrada.method.adaptation import SegmentationTask
+from modeling_intrada.method.segmenters import has_auxiliary_level, prepare_generator, uses_align_corners
 from modeling_intrada.training.cpu_allocator import keep_freed_memory
 from modeling_intrada.training.stage_loop import AdaptationStage, StageSettings
 
@@ -45,16 +49,31 @@ class Tensors(torch.utils.data.Dataset):
         raise RuntimeError("the benchmark feeds tensors directly")
 
 
+def build_generator(args) -> torch.nn.Module:
+    """DeepLab-v2 of `--backbone`, or a new model of `--generator_config` set up as the pipeline does."""
+    if not args.generator_config:
+        return DeepLabV2ForSemanticSegmentation(
+            DeepLabV2Config(
+                backbone=args.backbone, num_labels=args.num_labels, multi_level=not args.single_level,
+                atrous_implementation=args.atrous_implementation,
+            )
+        )  # fmt: skip
+    config = AutoConfig.for_model(**json.loads(Path(args.generator_config).read_text()))
+    config.id2label = {i: f"class {i}" for i in range(args.num_labels)}
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    generator = AutoModelForSemanticSegmentation.from_config(config)
+    prepare_generator(generator, multi_level=not args.single_level)
+    return generator
+
+
 def build_ours(args, device: torch.device):
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=PRECISIONS[args.precision], cpu=device.type == "cpu")
-    generator = DeepLabV2ForSemanticSegmentation(
-        DeepLabV2Config(
-            backbone=args.backbone, num_labels=args.num_labels, multi_level=not args.single_level,
-            atrous_implementation=args.atrous_implementation,
-        )
-    )  # fmt: skip
-    levels = 1 if args.single_level else 2
+    generator = build_generator(args)
+    levels = 2 if has_auxiliary_level(generator) and not args.single_level else 1
+    task = SegmentationTask(
+        framework=args.framework, multi_level=levels == 2, align_corners=uses_align_corners(generator)
+    )
     discriminators = [
         FCDiscriminator(FCDiscriminatorConfig(num_channels=args.num_labels)) for _ in range(levels)
     ]
@@ -65,7 +84,7 @@ def build_ours(args, device: torch.device):
         optimizer_implementation=args.optimizer_implementation, autocast_policy=args.autocast_policy,
     )  # fmt: skip
     stage = AdaptationStage(
-        accelerator, SegmentationTask(framework=args.framework, multi_level=not args.single_level), generator,
+        accelerator, task, generator,
         discriminators if settings.uses_discriminators else [], (Tensors(), args.batch_size),
         (Tensors(), args.batch_size), settings, output_dir="/tmp/bench_train_step",
     )  # fmt: skip
@@ -121,6 +140,10 @@ def add_step_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe one training step (network, sizes, precision, fast paths, device), shared by
     the benchmarks that time or profile it."""
     parser.add_argument("--backbone", default="resnet101")
+    parser.add_argument(
+        "--generator_config", default=None,
+        help="a config.json of any transformers segmenter (SegFormer, UperNet, ...) as G instead of DeepLab-v2",
+    )  # fmt: skip
     parser.add_argument("--num_labels", type=int, default=19)
     parser.add_argument("--single_level", action="store_true")
     parser.add_argument("--source_size", type=int, nargs=2, default=[144, 256], metavar=("H", "W"))
@@ -257,7 +280,7 @@ def main() -> None:
         rows.append(
             {
                 "implementation": name,
-                "backbone": args.backbone,
+                "backbone": Path(args.generator_config).stem if args.generator_config else args.backbone,
                 "source": "x".join(map(str, args.source_size)),
                 "target": "x".join(map(str, args.target_size)),
                 "framework": args.framework,

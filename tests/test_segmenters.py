@@ -198,3 +198,67 @@ def test_ranking_is_identical_on_one_and_two_processes_for_every_family(tmp_path
         table = pq.read_table(one / data)
         assert table.num_rows == 7 and table.equals(pq.read_table(two / data)), family
         assert (one / "ranking.json").read_text() == (two / "ranking.json").read_text(), family
+
+
+def upernet_stage(out_dir, settings, accelerator=None):
+    """A stage-1 loop on a tiny UperNet (two levels through its auxiliary head), on 32x32 rows."""
+    from test_stage_loop import NUM_CLASSES, Rows, discriminators
+
+    from modeling_intrada.training.stage_loop import AdaptationStage
+
+    torch.manual_seed(0)
+    config = tiny_config("upernet")
+    config.id2label = {i: f"class {i}" for i in range(NUM_CLASSES)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    model = AutoModelForSemanticSegmentation.from_config(config)
+    prepare_generator(model)
+    task = SegmentationTask(multi_level=True, align_corners=uses_align_corners(model))
+    return AdaptationStage(
+        accelerator or Accelerator(cpu=True), task, model, discriminators(),
+        source=(Rows(6, 1, True), 2), target=(Rows(5, 2, False), 2), settings=settings, output_dir=out_dir,
+    )  # fmt: skip
+
+
+def test_resume_is_bit_identical_with_a_transformers_segmenter(tmp_path):
+    from test_stage_loop import final_weights
+
+    from modeling_intrada.training.stage_loop import StageSettings
+
+    settings = dict(num_iterations=4, max_iters=10, seed=3, learning_rate=0.01)
+    straight = upernet_stage(tmp_path / "straight", StageSettings(**settings))
+    straight.run()
+    first = upernet_stage(
+        tmp_path / "resumed", StageSettings(**{**settings, "num_iterations": 2}, checkpointing_steps=2)
+    )
+    first.run()
+    second = upernet_stage(tmp_path / "resumed", StageSettings(**settings))
+    second.run(resume_from_checkpoint="latest")
+    a, b = final_weights(straight), final_weights(second)
+    assert second.completed_steps == 4 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = upernet_stage(tmp_path / "start", StageSettings(**settings)).generator.state_dict()
+    assert not torch.equal(start["auxiliary_head.classifier.weight"], a["g.auxiliary_head.classifier.weight"])
+
+
+def _train_worker(rank: int, out_dir: str) -> None:
+    import json
+    from pathlib import Path
+
+    from modeling_intrada.training.stage_loop import StageSettings
+
+    accelerator = Accelerator(**accelerator_kwargs())
+    stage = upernet_stage(
+        out_dir, StageSettings(num_iterations=2, max_iters=5, learning_rate=0.01), accelerator
+    )
+    stage.run()
+    weights = [p.detach().sum().item() for p in stage.generator.parameters()]
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(weights))
+    accelerator.end_training()
+
+
+def test_two_processes_train_the_auxiliary_level_in_step(tmp_path):
+    import json
+
+    run_on_processes(_train_worker, 2, str(tmp_path))
+    first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2))
+    assert first == second  # DDP averaged the gradients of both levels, hooks and all
