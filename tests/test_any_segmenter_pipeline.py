@@ -170,6 +170,10 @@ def _refusal_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ["--inter_model", str(saved_segformer(tmp_path / "ok", RUN_CLASSES)), "--intra_init", "imagenet"],
             "--intra_init inter",
         ),
+        "UperNet with one image per batch": (
+            ["--generator_config", str(write_tiny_config("upernet", tmp_path)), "--batch_size", "1"],
+            "--batch_size 2 or more",
+        ),
         "reference duplicates": (
             ["--generator_config", str(segformer), "--reference_duplicate_params"],
             "reference_duplicate_params",
@@ -187,6 +191,7 @@ CASES = (
     "normalisation against the processor",
     "plug-in with a new DeepLab-v2 for stage 3",
     "reference duplicates",
+    "UperNet with one image per batch",
 )
 
 

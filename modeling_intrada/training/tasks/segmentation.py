@@ -208,6 +208,12 @@ class SegmentationRun(Run):
                     f"a ViT DPT model reads square inputs only (transformers reshapes its tokens to a square), got "
                     f"{', '.join(oblong)}: pass square sizes, or a DPT with a backbone_config"
                 )
+        pool_scales = getattr(AutoConfig.for_model(**config), "pool_scales", None) or ()
+        if 1 in pool_scales and run.batch_size < 2:
+            raise UsageError(
+                f"a {model_type!r} model's pyramid pooling normalises a 1x1 map with BatchNorm, which needs at "
+                "least 2 images per batch in training: pass --batch_size 2 or more"
+            )
         plug_in = option == "--inter_model"
         if plug_in and run.intra_init == "imagenet" and run.stage in ("intra", "all"):
             raise UsageError(
