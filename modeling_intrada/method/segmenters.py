@@ -63,12 +63,14 @@ def model_type_of(model_or_config: PreTrainedModel | PreTrainedConfig | Mapping[
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel or torch.compile wrappers."""
+    """The model inside DistributedDataParallel and torch.compile wrappers."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
             return model
-        model = inner
 
 
 def supported_model_types() -> list[str]:
@@ -260,7 +262,11 @@ def align_classes(model: PreTrainedModel, run_names: Sequence[str], where: str) 
     layers = _class_layers(model, len(order))
     was_training = model.training
     model.eval()
-    probe = torch.randn(1, model.config.num_channels if hasattr(model.config, "num_channels") else 3, 64, 64)
+    # At the model's own image size where it has one: some position encodings do not resize.
+    side = getattr(model.config, "image_size", 64)
+    side = side if isinstance(side, int) else 64
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, getattr(model.config, "num_channels", 3), side, side, generator=generator)
     probe = probe.to(next(model.parameters()).device)
     before = model(pixel_values=probe).logits[:, order]
     for layer in layers:
@@ -319,11 +325,9 @@ def normalization_of(processor: Any, where: str) -> str:
 
 
 def processor_for_run(processor: Any, size: Sequence[int]) -> Any:
-    """The processor of a saved G, set to the run's input: resized to `size` = (height, width), bicubic as the
-    project's data, without a centre crop; its normalisation is kept."""
-    if isinstance(processor, DeepLabV2ImageProcessor):
-        processor.size = {"height": int(size[0]), "width": int(size[1])}
-        return processor
+    """A transformers image processor set to the run's input, for a saved G: resized to `size` = (height,
+    width), bicubic as the project's data, without a centre crop, padding or label reduction; its
+    normalisation is kept."""
     settings = processor.to_dict()
     settings.update(size={"height": int(size[0]), "width": int(size[1])}, resample=3)
     for option in ("do_center_crop", "do_reduce_labels", "do_pad"):
