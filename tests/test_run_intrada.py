@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoModelForSemanticSegmentation
 
@@ -357,15 +358,17 @@ def test_label_spaces_and_architectures_must_agree(finished_run, tmp_path):
     ):
         run_intrada.main([*argv, "--rare_train_ids", "99"])
     with pytest.raises(
-        UsageError, match=r"labelled in 'synthetic' \(19 classes\) but the run trains 'camvid'"
+        UsageError, match=r"labelled in 'synthetic' \(19 classes\), which lacks the run's classes \['tree'"
     ):
         run_intrada.main([*argv, "--label_space", "camvid"])
     FCDiscriminator(FCDiscriminatorConfig(num_channels=19, ndf=4)).save_pretrained(tmp_path / "d")
-    with pytest.raises(UsageError, match=r"a 'intrada_fc_discriminator' model, expected 'deeplabv2'"):
+    with pytest.raises(
+        UsageError, match=r"a 'intrada_fc_discriminator' model is not a semantic-segmentation model"
+    ):
         run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "d")])
     config = DeepLabV2Config(backbone="timm:mobilenetv3_small_050", num_labels=5)
     DeepLabV2ForSemanticSegmentation(config).save_pretrained(tmp_path / "g5")
-    with pytest.raises(UsageError, match=r"the model predicts 5 classes .* 'synthetic' has 19"):
+    with pytest.raises(UsageError, match=r"the model's 5 classes do not match the run's 19 by name"):
         run_intrada.main([*argv, "--stage", "rank", "--inter_model", str(tmp_path / "g5")])
     assert not (tmp_path / "o" / "ranking").exists()
 
@@ -431,3 +434,22 @@ def test_stopping_accelerate_launch_stops_every_process(tmp_path, send):
     assert len(steps) == 2, stderr[-3000:]  # one line from each process
     assert steps[0] == steps[1]  # the same step boundary
     _assert_stopped_cleanly(tmp_path / "out")
+
+
+def test_a_source_labelled_in_another_class_order_is_mapped_by_name(finished_run, tmp_path):
+    out, _ = finished_run
+    synthetic = out.parent / "synthetic"
+    built = next(p.parent for p in synthetic.rglob("label_space.json"))
+    reordered = tmp_path / "source"
+    shutil.copytree(built, reordered)
+    space = json.loads((reordered / "label_space.json").read_text())
+    id2label = space["id2label"]
+    id2label["0"], id2label["1"] = id2label["1"], id2label["0"]  # its label 0 is sidewalk, 1 road
+    (reordered / "label_space.json").write_text(json.dumps(space))
+    argv = [*SMALL, "--output_dir", str(tmp_path / "o"), "--synthetic_dir", str(synthetic)]
+    plain = SegmentationRun(parse_arguments(argv)).training_split("source", True)[0]["labels"]
+    mapped = SegmentationRun(parse_arguments([*argv, "--source_dataset", str(reordered)]))
+    labels = mapped.training_split("source", True)[0]["labels"]
+    swapped = plain.clone()
+    swapped[plain == 0], swapped[plain == 1] = 1, 0
+    assert (plain <= 1).any() and torch.equal(labels, swapped)
