@@ -150,13 +150,18 @@ class SegmentationRun(Run):
             reference, option = run.inter_model, "--inter_model"
         else:
             return DEEPLABV2, None
+        where = f"{option} {reference}"
         config = self.read_config(reference, option)
-        model_type = check_segmenter(config, f"{option} {reference}")
+        model_type = check_segmenter(config, where)
+        try:
+            built = AutoConfig.for_model(**config)
+        except (ValueError, TypeError, KeyError) as error:
+            raise UsageError(f"{where}: transformers cannot read its configuration ({error})") from error
         if model_type != DEEPLABV2:
-            self.check_family_options(model_type, option, config)
+            self.check_family_options(model_type, option, built)
         processor = None
         if option == "--generator_config":
-            self.generator_config = self.segmenter_config(config)
+            self.generator_config = self.with_run_classes(built, where)
         else:
             class_permutation(
                 model_class_names(config), self.label_space.class_names, f"{option} {reference}"
@@ -169,12 +174,10 @@ class SegmentationRun(Run):
             processor = image_processor_class(model_type)()
         return model_type, processor
 
-    def segmenter_config(self, config: dict[str, Any]) -> PreTrainedConfig:
+    def with_run_classes(self, built: PreTrainedConfig, where: str) -> PreTrainedConfig:
         """`--generator_config` with the run's classes, checked by building the model on the meta device (no
         memory, no time): a config transformers cannot build is refused before anything is written."""
-        where = f"--generator_config {self.args.segmentation.generator_config}"
         try:
-            built = AutoConfig.for_model(**config)
             built.id2label = self.label_space.id2label
             built.label2id = self.label_space.label2id
             built.num_labels = self.label_space.num_classes
@@ -184,7 +187,7 @@ class SegmentationRun(Run):
             raise UsageError(f"{where}: transformers cannot build a model from it ({error})") from error
         return built
 
-    def check_family_options(self, model_type: str, option: str, config: dict[str, Any]) -> None:
+    def check_family_options(self, model_type: str, option: str, config: PreTrainedConfig) -> None:
         """Options that only DeepLab-v2 has a meaning for, refused with G of another family."""
         run, seg = self.args.run, self.args.segmentation
         if self.args.settings.reference_duplicate_params:
@@ -192,7 +195,8 @@ class SegmentationRun(Run):
                 f"--reference_duplicate_params repeats DeepLab-v2's backbone tensors as the authors' code did; "
                 f"G is a {model_type!r} model: remove it"
             )
-        if model_type == "dpt" and config.get("backbone_config") is None:
+        # transformers' DPT reads oblong token grids only through a non-hybrid backbone_config
+        if model_type == "dpt" and (config.backbone_config is None or config.is_hybrid):
             sizes = {
                 "--source_size": seg.source_size,
                 "--target_size": seg.target_size,
@@ -206,10 +210,9 @@ class SegmentationRun(Run):
             if oblong:
                 raise UsageError(
                     f"a ViT DPT model reads square inputs only (transformers reshapes its tokens to a square), got "
-                    f"{', '.join(oblong)}: pass square sizes, or a DPT with a backbone_config"
+                    f"{', '.join(oblong)}: pass square sizes, or a DPT with a (non-hybrid) backbone_config"
                 )
-        pool_scales = getattr(AutoConfig.for_model(**config), "pool_scales", None) or ()
-        if 1 in pool_scales and run.batch_size < 2:
+        if 1 in (getattr(config, "pool_scales", None) or ()) and run.batch_size < 2:
             raise UsageError(
                 f"a {model_type!r} model's pyramid pooling normalises a 1x1 map with BatchNorm, which needs at "
                 "least 2 images per batch in training: pass --batch_size 2 or more"
