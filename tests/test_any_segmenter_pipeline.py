@@ -201,3 +201,33 @@ def test_refused_before_anything_is_written(case, tmp_path, capsys, monkeypatch)
     monkeypatch.delenv("INTRADA_DEBUG", raising=False)
     argv, message = _refusal_cases(tmp_path)[case]
     _refused(capsys, pipeline.main, [*argv, "--output_dir", str(tmp_path / "out")], message, tmp_path / "out")
+
+
+def test_evaluate_miou_reads_any_family_and_matches_classes_by_name(data, tmp_path):
+    from modeling_intrada.evaluation import evaluator
+
+    ours = saved_segformer(tmp_path / "ours", RUN_CLASSES)
+    # The same network with its classes stored in another order: the same predictions, class by class.
+    order = list(np.random.default_rng(3).permutation(len(RUN_CLASSES)))
+    model = AutoModelForSemanticSegmentation.from_pretrained(ours)
+    with torch.no_grad():
+        model.decode_head.classifier.weight.copy_(model.decode_head.classifier.weight[order])
+        model.decode_head.classifier.bias.copy_(model.decode_head.classifier.bias[order])
+    model.config.id2label = {i: RUN_CLASSES[j] for i, j in enumerate(order)}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    model.save_pretrained(tmp_path / "theirs")
+    SegformerImageProcessor(size={"height": 64, "width": 128}).save_pretrained(tmp_path / "theirs")
+
+    scores = {}
+    for name in ("ours", "theirs"):
+        out = tmp_path / f"eval-{name}"
+        argv = ["--model", str(tmp_path / name), "--dataset", str(data), "--dataset_config", "target_val",
+                "--split", "validation", "--output_dir", str(out), "--num_workers", "0"]  # fmt: skip
+        evaluator.main(argv)
+        document = json.loads((out / "metrics.json").read_text())
+        assert document["dataset"]["normalization"] == "imagenet" and document["dataset"]["input_size"] == [
+            64,
+            128,
+        ]
+        scores[name] = next(iter(document["results"].values()))["scores"]
+    assert scores["ours"] == scores["theirs"]
