@@ -19,6 +19,7 @@ from transformers import AutoModelForSemanticSegmentation, SegformerImageProcess
 
 from modeling_intrada.data.synthetic import build_synthetic_dataset
 from modeling_intrada.labels import get_label_space
+from modeling_intrada.publishing.hub import push_run_to_hub
 from modeling_intrada.training import pipeline
 
 RUN_CLASSES = list(get_label_space("synthetic").class_names)
@@ -80,6 +81,9 @@ def test_every_stage_with_a_new_model_of_the_family(family, data, tmp_path):
     assert (run_dir / "ranking" / "README.md").is_file()
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert {"G_inter", "G_intra"} <= set(json.dumps(metrics).replace('"', " ").split())
+    # transformers' own class: published without modeling code, `trust_remote_code` not needed
+    plans = push_run_to_hub(run_dir, "someone/g", ranking_repo_id="someone/g-ranking", dry_run=True)
+    assert "intra/model/model.safetensors" in plans["model"] and ".py" not in plans["model"]
 
     # A user with transformers alone: the Auto classes and the pipeline load G_intra, no remote code.
     Image.fromarray(np.full((64, 128, 3), 90, np.uint8)).save(tmp_path / "street.png")

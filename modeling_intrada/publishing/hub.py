@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub.repocard import RepoCard
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 from modeling_intrada.data.dataset_card import write_card
 from modeling_intrada.errors import MissingInputError
@@ -86,16 +87,20 @@ def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
 
 
 def check_model_folder(folder: Path) -> None:
-    """Refuse a model folder that would not load with `trust_remote_code` from the Hub.
+    """Refuse a model folder that would not load from the Hub: this project's models need their code
+    (`auto_map`, for `trust_remote_code`), transformers' own classes (a SegFormer G) load without it.
 
     Raises:
         FileNotFoundError: a required file or a modeling file named by `auto_map` is missing.
-        ValueError: `config.json` has no `auto_map`.
+        ValueError: `config.json` of this project's model has no `auto_map`.
     """
     missing = [name for name in MODEL_FILES_REQUIRED if not (folder / name).is_file()]
     if missing:
         raise MissingInputError(f"{folder} lacks {missing}: expected a folder written by save_pretrained")
-    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+        return
+    auto_map = config.get("auto_map")
     if not auto_map:
         raise ValueError(
             f"{folder / 'config.json'} has no auto_map: save the model with `modeling_intrada` imported, so "
