@@ -235,3 +235,17 @@ def test_evaluate_miou_reads_any_family_and_matches_classes_by_name(data, tmp_pa
         ]
         scores[name] = next(iter(document["results"].values()))["scores"]
     assert scores["ours"] == scores["theirs"]
+
+
+def test_a_deeplabv2_config_as_generator_config(data, tmp_path):
+    from modeling_intrada import DeepLabV2Config
+
+    config = tmp_path / "deeplabv2.json"
+    config.write_text(
+        DeepLabV2Config(backbone="timm:mobilenetv3_small_050", multi_level=False).to_json_string()
+    )
+    run_dir = tmp_path / "run"
+    run(run_arguments(run_dir, data, "--generator_config", str(config), "--stage", "inter"))
+    processor = json.loads((run_dir / "inter" / "model" / "preprocessor_config.json").read_text())
+    assert processor["normalization"] == "imagenet"  # a timm backbone's, from the configuration
+    assert sorted(p.name for p in (run_dir / "inter" / "discriminators").iterdir()) == ["main"]

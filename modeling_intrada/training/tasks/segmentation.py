@@ -103,6 +103,7 @@ class SegmentationRun(Run):
             built = self.layouts[self.target] is None
             self.label_space = read_label_space(self.target) if built else get_label_space("cityscapes")
         # G's family and image processor: what `--generator` / `--generator_config` / `--inter_model` is.
+        self.generator_config: PreTrainedConfig | None = None  # --generator_config with the run's classes
         self.generator_type, self.processor = self.resolve_generator()
         self.normalization = self.resolve_normalization()
         self.rare_train_ids = (
@@ -241,8 +242,9 @@ class SegmentationRun(Run):
         """The pixel normalisation of every image of the run: G's image processor's (a DeepLab-v2 without one:
         caffe for the ResNets, imagenet for timm backbones); `--normalization` must agree with a processor."""
         seg = self.args.segmentation
-        if self.processor is None:
-            return seg.normalization or DeepLabV2Config(backbone=seg.backbone).default_normalization
+        if self.processor is None:  # a new DeepLab-v2, of --backbone or of a --generator_config
+            config = self.generator_config or DeepLabV2Config(backbone=seg.backbone)
+            return seg.normalization or config.default_normalization
         own = normalization_of(self.processor, f"G ({self.generator_type})")
         if seg.normalization and seg.normalization != own:
             raise UsageError(
