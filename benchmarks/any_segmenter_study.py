@@ -94,19 +94,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------ runs
-def plugin_options(stage1_model: Path) -> list[str]:
-    """The options that name G's family to a plug-in run: the stage-1 model's own config.json and, when its
-    saved image processor names one (DeepLab-v2's), its normalisation.
-
-    `--inter_model` alone should say it, but the run reads a model folder's config with
-    `AutoConfig.get_config_dict`, which transformers 5 does not have; a config file it reads as JSON.
-    """
-    options = ["--generator_config", str(stage1_model / "config.json")]
-    processor = stage1_model / "preprocessor_config.json"
-    normalization = json.loads(processor.read_text()).get("normalization") if processor.is_file() else None
-    return options + (["--normalization", normalization] if normalization else [])
-
-
 def run_stage(folder: Path, stage: str, argv: list[str], overwrite: bool) -> dict:
     """Run one stage of `run_intrada.py` in `folder` and record its command and wall seconds there
     (`<stage>_run.json`); a stage recorded with the same command is read instead."""
@@ -145,7 +132,7 @@ def one_run(model: str, seed: int, args: argparse.Namespace, extra: list[str]) -
         )
     }
     g_inter = stage1.model_dir("inter")
-    common = [*base, *plugin_options(g_inter), "--output_dir", str(plugin.output_dir),
+    common = [*base, "--output_dir", str(plugin.output_dir),
               "--inter_model", str(g_inter), "--intra_init", "inter"]  # fmt: skip
     for stage in ("rank", "intra", "eval"):
         records[stage] = run_stage(plugin.output_dir, stage, [*common, "--stage", stage], args.overwrite)

@@ -142,13 +142,7 @@ def test_table_gives_mean_and_std_over_seeds_then_each_seed():
     assert len(one_seed) == 3 and one_seed[2].startswith(f"| {deeplab} | 1234 | 40.0 |")
 
 
-def test_plugin_options_name_the_stage_one_family(tmp_path):
+def test_a_docs_page_without_the_markers_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    assert any_segmenter_study.plugin_options(tmp_path) == [
-        "--generator_config",
-        str(tmp_path / "config.json"),
-    ]
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"normalization": "imagenet"}))
-    assert any_segmenter_study.plugin_options(tmp_path)[2:] == ["--normalization", "imagenet"]
     with pytest.raises(ValueError, match=re.escape("lacks the markers <!-- any-segmenter-study:begin -->")):
         any_segmenter_study.check_markers(tmp_path / "config.json")
