@@ -1,8 +1,9 @@
 """Evaluation of a segmenter on a labelled split at full label resolution (SPEC section 6).
 
 Images are resized to the model's input size; logits are upsampled bilinearly (`align_corners` True for
-DeepLab-v2, False for transformers' segmenters: `segmenters.uses_align_corners`) to each label map's own size (Cityscapes: 1024x512 input, 2048x1024 labels). Batches are sharded across processes
-(batch b on process b mod W) and the confusion matrices summed with Accelerate.
+DeepLab-v2, False for transformers' segmenters: `segmenters.uses_align_corners`) to each label map's own
+size (Cityscapes: 1024x512 input, 2048x1024 labels). Batches are sharded across processes (batch b on
+process b mod W) and the confusion matrices summed with Accelerate.
 """
 
 from __future__ import annotations
