@@ -14,18 +14,20 @@ from transformers import (
     MobileViTV2Config,
     PreTrainedConfig,
     SegformerConfig,
+    SwinConfig,
     UperNetConfig,
 )
 
 from modeling_intrada.labels import get_label_space
 
 # The families the issue names, each with the attribute of its auxiliary head when it has one.
-FAMILIES = ("segformer", "upernet", "mobilevit", "mobilevitv2", "beit", "dpt")
-WITH_AUXILIARY_HEAD = ("upernet", "beit", "dpt")
+FAMILIES = ("segformer", "upernet", "upernet-swin", "mobilevit", "mobilevitv2", "beit", "dpt")
+WITH_AUXILIARY_HEAD = ("upernet", "upernet-swin", "beit", "dpt")
 
 
 def tiny_config(family: str) -> PreTrainedConfig:
-    """A tiny config of `family`, with the classes of the synthetic label space (Cityscapes' 19)."""
+    """A tiny config of `family` (a model type, or `upernet-swin`: UperNet on Swin instead of ConvNeXt), with
+    the classes of the synthetic label space (Cityscapes' 19)."""
     configs = {
         "segformer": lambda: SegformerConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1],
@@ -37,6 +39,13 @@ def tiny_config(family: str) -> PreTrainedConfig:
                 out_features=["stage1", "stage2", "stage3", "stage4"],
             ),
             hidden_size=16, auxiliary_in_channels=24, auxiliary_channels=8, use_auxiliary_head=True, pool_scales=[1, 2],
+        ),
+        "upernet-swin": lambda: UperNetConfig(
+            backbone_config=SwinConfig(
+                image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=2,
+                out_features=["stage1", "stage2", "stage3", "stage4"],
+            ),
+            hidden_size=16, auxiliary_in_channels=32, auxiliary_channels=8, use_auxiliary_head=True, pool_scales=[1, 2],
         ),
         "mobilevit": lambda: MobileViTConfig(
             image_size=64, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 48],

@@ -76,7 +76,7 @@ def test_a_processor_of_no_known_normalisation_is_refused():
         normalization_of(processor, "--generator m")
 
 
-@pytest.mark.parametrize("family", ["segformer", "upernet", "mobilevit"])
+@pytest.mark.parametrize("family", ["segformer", "upernet", "upernet-swin", "mobilevit"])
 def test_encoder_at_the_base_rate_and_every_other_parameter_at_the_head_rate(family):
     model = tiny_model(family)
     prepare_generator(model)

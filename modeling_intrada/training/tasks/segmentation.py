@@ -196,8 +196,8 @@ class SegmentationRun(Run):
                 f"--reference_duplicate_params repeats DeepLab-v2's backbone tensors as the authors' code did; "
                 f"G is a {model_type!r} model: remove it"
             )
-        # transformers' DPT reads oblong token grids only through a non-hybrid backbone_config
-        if model_type == "dpt" and (config.backbone_config is None or config.is_hybrid):
+        # transformers' DPTForSemanticSegmentation reshapes its ViT tokens to a square grid, whatever the config
+        if model_type == "dpt":
             sizes = {
                 "--source_size": seg.source_size,
                 "--target_size": seg.target_size,
@@ -210,8 +210,8 @@ class SegmentationRun(Run):
             ]
             if oblong:
                 raise UsageError(
-                    f"a ViT DPT model reads square inputs only (transformers reshapes its tokens to a square), got "
-                    f"{', '.join(oblong)}: pass square sizes, or a DPT with a (non-hybrid) backbone_config"
+                    f"a DPT segmenter reads square inputs only (transformers reshapes its tokens to a square), got "
+                    f"{', '.join(oblong)}: pass square sizes"
                 )
         if 1 in (getattr(config, "pool_scales", None) or ()) and run.batch_size < 2:
             raise UsageError(
