@@ -5,6 +5,7 @@ classes (and `pipeline`) where this library is not installed, evaluates and writ
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,42 @@ def test_a_deeplabv2_config_as_generator_config(data, tmp_path):
     processor = json.loads((run_dir / "inter" / "model" / "preprocessor_config.json").read_text())
     assert processor["normalization"] == "imagenet"  # a timm backbone's, from the configuration
     assert sorted(p.name for p in (run_dir / "inter" / "discriminators").iterdir()) == ["main"]
+
+
+PLUG_IN_FROM_THE_HUB = """
+import sys
+from huggingface_hub import HfApi
+from modeling_intrada.training.pipeline import main
+
+folder, arguments = sys.argv[1], sys.argv[2:]
+HfApi().create_repo("someone/segformer")
+HfApi().upload_folder(repo_id="someone/segformer", folder_path=folder)
+for stage in ("rank", "intra"):
+    main([*arguments, "--inter_model", "someone/segformer", "--intra_init", "inter", "--stage", stage])
+"""
+
+
+@pytest.mark.slow
+def test_plug_in_on_a_hub_model(data, tmp_path):
+    """`--inter_model user/name` through the Hub's code path (a loopback Hub): config, processor, weights."""
+    from hub_server import FakeHub
+    from test_hub import _environment, _run
+
+    hub = FakeHub()
+    hub.start()
+    try:
+        theirs = saved_segformer(tmp_path / "theirs", RUN_CLASSES)
+        (tmp_path / "plug_in.py").write_text(PLUG_IN_FROM_THE_HUB)
+        run_dir = tmp_path / "run"
+        finished = _run(
+            [sys.executable, str(tmp_path / "plug_in.py"), str(theirs), *run_arguments(run_dir, data)],
+            _environment(hub, tmp_path / "hf_home"),
+        )
+    finally:
+        hub.stop()
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert not hub.unhandled, hub.unhandled
+    g_intra = json.loads((run_dir / "intra" / "model" / "config.json").read_text())
+    assert g_intra["model_type"] == "segformer" and (run_dir / "ranking" / "ranking.json").is_file()
+    processor = json.loads((run_dir / "intra" / "model" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 64, "width": 128}
