@@ -101,7 +101,8 @@ class RunArguments:
     intra_init: str = field(
         default="imagenet",
         metadata={
-            "help": "start of G_intra; segmentation: imagenet (the authors' choice) | inter (G_inter); digits: "
+            "help": "start of G_intra; segmentation: imagenet (a new G as stage 1 starts it: the ImageNet backbone, "
+            "--generator or --generator_config; the authors' choice) | inter (G_inter); digits: "
             "inter | source (the source-only model) | scratch"
         },
     )
