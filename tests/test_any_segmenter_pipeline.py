@@ -79,6 +79,10 @@ def test_every_stage_with_a_new_model_of_the_family(family, data, tmp_path):
         assert sorted(p.name for p in (run_dir / stage / "discriminators").iterdir()) == levels
         card = (model_dir / "README.md").read_text()
         assert saved["architectures"][0] in card and "trust_remote_code" not in card
+        assert ("(one output level)" in card) == (family not in WITH_AUXILIARY_HEAD)
+    assert (
+        "random, a new model of the configuration" in (run_dir / "inter" / "model" / "README.md").read_text()
+    )
     assert (run_dir / "ranking" / "README.md").is_file()
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert {"G_inter", "G_intra"} <= set(json.dumps(metrics).replace('"', " ").split())
@@ -125,7 +129,10 @@ def test_plug_in_ranking_and_stage_3_on_a_segformer_trained_elsewhere(data, tmp_
     assert (trained - start[inverse]).abs().max() < 0.05 < (trained - start).abs().max()
     results = (run_dir / "eval" / "results.md").read_text()
     assert "G_inter" in results and "G_intra" in results
-    assert (run_dir / "intra" / "model" / "README.md").is_file()
+    assert (
+        f"**Initialisation of G:** G_inter, `{theirs}`"
+        in (run_dir / "intra" / "model" / "README.md").read_text()
+    )
 
 
 def test_stage_1_from_a_trained_segformer(data, tmp_path):

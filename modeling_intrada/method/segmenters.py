@@ -119,6 +119,14 @@ def has_auxiliary_level(model: nn.Module) -> bool:
     return auxiliary_head(inner) is not None
 
 
+def saved_has_auxiliary_level(config: Mapping[str, Any]) -> bool:
+    """`has_auxiliary_level` of a saved model, from its config dict (what a card knows of it)."""
+    model_type = config.get("model_type")
+    if model_type == DEEPLABV2:
+        return bool(config.get("multi_level", True))
+    return model_type in AUXILIARY_HEADS and bool(config.get("use_auxiliary_head"))
+
+
 def expose_auxiliary_logits(model: nn.Module) -> None:
     """Make `model(...)` return its auxiliary head's logits as `aux_logits` (once per model)."""
     head = auxiliary_head(model)

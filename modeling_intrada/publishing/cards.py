@@ -45,7 +45,12 @@ from modeling_intrada.data.synthetic import SYNTHETIC_DATASET, synthetic_dir_of
 from modeling_intrada.errors import MissingInputError
 from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
-from modeling_intrada.method.segmenters import DEEPLABV2, normalization_of, supported_model_types
+from modeling_intrada.method.segmenters import (
+    DEEPLABV2,
+    normalization_of,
+    saved_has_auxiliary_level,
+    supported_model_types,
+)
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
 
 STAGES = ("inter", "intra")  # the stages whose G is a segmenter
@@ -604,8 +609,9 @@ def _framework(config: Mapping[str, Any], stage: str) -> str:
     )
 
 
-def training_section(config: Mapping[str, Any], stage: str) -> str:
-    """Markdown: what the stage trained on and with which numbers (the full config follows in the card)."""
+def training_section(config: Mapping[str, Any], stage: str, multi_level: bool = True) -> str:
+    """Markdown: what the stage trained on and with which numbers (the full config follows in the card);
+    `multi_level`: whether G had the auxiliary level."""
     c = config
     if stage == "inter":
         data = (
@@ -637,10 +643,32 @@ def training_section(config: Mapping[str, Any], stage: str) -> str:
             f"(gradient accumulation {c.get('gradient_accumulation_steps')}), seed {c.get('seed')}, "
             f"mixed precision {c.get('mixed_precision')}.",
             f"- **Optimisation:** {optimiser}.",
-            f"- **Loss weights:** segmentation aux {c.get('seg_aux_weight')} + main 1.0; adversarial aux "
-            f"{c.get('adv_aux_weight')}, main {c.get('adv_main_weight')}.",
-            f"- **Backbone initialisation:** {c.get('backbone_weights') or 'random (no ImageNet weights)'}.",
+            f"- **Loss weights:** {_loss_weights(c, multi_level)}.",
+            f"- **Initialisation of G:** {_initialisation(c, stage)}.",
         ]
+    )
+
+
+def _loss_weights(c: Mapping[str, Any], multi_level: bool) -> str:
+    if not multi_level:
+        return f"segmentation 1.0, adversarial {c.get('adv_main_weight')} (one output level)"
+    return (
+        f"segmentation aux {c.get('seg_aux_weight')} + main 1.0; adversarial aux {c.get('adv_aux_weight')}, "
+        f"main {c.get('adv_main_weight')}"
+    )
+
+
+def _initialisation(c: Mapping[str, Any], stage: str) -> str:
+    if stage == "intra" and c.get("intra_init") == "inter":
+        return f"G_inter, `{c['inter_model']}`" if c.get("inter_model") else "G_inter of this run"
+    if c.get("generator"):
+        return f"the trained segmenter `{c['generator']}`"
+    if c.get("generator_config"):
+        return f"random, a new model of the configuration `{c['generator_config']}`"
+    return (
+        f"backbone from {c['backbone_weights']}"
+        if c.get("backbone_weights")
+        else "random (no ImageNet weights)"
     )
 
 
@@ -755,7 +783,11 @@ def segmenter_card(
         normalization=normalization,
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         results_section=results_section(results),
-        training_section=training_section(run.config, stage),
+        training_section=training_section(
+            run.config,
+            stage,
+            bool(run.config.get("multi_level", True)) and saved_has_auxiliary_level(model_config),
+        ),
         ranking_section=ranking
         if stage == "intra"
         else "G_inter ranked the target images for stage 3:\n\n" + ranking,
