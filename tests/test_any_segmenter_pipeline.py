@@ -296,3 +296,21 @@ def test_plug_in_on_a_hub_model(data, tmp_path):
     assert g_intra["model_type"] == "segformer" and (run_dir / "ranking" / "ranking.json").is_file()
     processor = json.loads((run_dir / "intra" / "model" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 64, "width": 128}
+
+
+def test_evaluate_miou_asks_for_a_size_when_the_processor_has_none(data, tmp_path, capsys, monkeypatch):
+    from transformers import MobileViTImageProcessor
+
+    from modeling_intrada.evaluation import evaluator
+
+    monkeypatch.delenv("INTRADA_DEBUG", raising=False)
+    AutoModelForSemanticSegmentation.from_config(tiny_config("mobilevit")).save_pretrained(tmp_path / "m")
+    MobileViTImageProcessor().save_pretrained(tmp_path / "m")  # resizes the shortest edge to 224
+    argv = ["--model", str(tmp_path / "m"), "--dataset", str(data), "--dataset_config", "target_val"]
+    _refused(
+        capsys,
+        evaluator.main,
+        [*argv, "--output_dir", str(tmp_path / "out")],
+        "pass --input_size",
+        tmp_path / "out",
+    )
