@@ -64,7 +64,7 @@ from modeling_intrada.evaluation.metrics import (
 )
 from modeling_intrada.evaluation.pictures import segmentation_figure
 from modeling_intrada.evaluation.segmentation import EvaluationSplit, evaluate_segmentation, mean_entropy
-from modeling_intrada.labels import LabelSpace, colorize, get_label_space
+from modeling_intrada.labels import LabelSpace, class_name_table, colorize, get_label_space, same_class_name
 from modeling_intrada.method.segmenters import align_classes, class_permutation, normalization_of
 from modeling_intrada.models.deeplabv2.image_transforms import NORMALIZATIONS
 from modeling_intrada.run_layout import (
@@ -330,16 +330,13 @@ def label_mapping(
     """
     if tuple(dataset_space.class_names) == tuple(evaluation_space.class_names):
         return None, []
-    wanted = {name.lower(): index for index, name in enumerate(evaluation_space.class_names)}
-    present = {name.lower() for name in dataset_space.class_names}
-    missing = [name for name in evaluation_space.class_names if name.lower() not in present]
+    mapping, missing = class_name_table(dataset_space.class_names, evaluation_space.class_names)
     if missing:
         raise ValueError(
             f"the model's classes {missing} ({evaluation_space.name}) are not classes of the dataset "
             f"({dataset_space.name}: {list(dataset_space.class_names)}): no label mapping"
         )
-    mapping = {i: wanted[n.lower()] for i, n in enumerate(dataset_space.class_names) if n.lower() in wanted}
-    dropped = [n for n in dataset_space.class_names if n.lower() not in wanted]
+    _, dropped = class_name_table(evaluation_space.class_names, dataset_space.class_names)
     return mapping, dropped
 
 
@@ -350,8 +347,8 @@ def labelled_classes(dataset_space: LabelSpace, evaluation_space: LabelSpace) ->
     Cityscapes classes) is reported over those classes; matched by name, as `label_mapping` does.
     """
     labelled = dataset_space.labelled_train_ids or range(dataset_space.num_classes)
-    names = {dataset_space.class_names[i].lower() for i in labelled}
-    indices = [i for i, name in enumerate(evaluation_space.class_names) if name.lower() in names]
+    names = {same_class_name(dataset_space.class_names[i]) for i in labelled}
+    indices = [i for i, name in enumerate(evaluation_space.class_names) if same_class_name(name) in names]
     return indices if len(indices) < evaluation_space.num_classes else None
 
 

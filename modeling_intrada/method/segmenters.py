@@ -39,7 +39,7 @@ from transformers.models.auto.image_processing_auto import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 from modeling_intrada.errors import UsageError
-from modeling_intrada.labels import same_class_name
+from modeling_intrada.labels import class_name_table
 from modeling_intrada.models.deeplabv2.image_processing_deeplabv2 import DeepLabV2ImageProcessor
 from modeling_intrada.models.deeplabv2.image_transforms import NORMALIZATIONS_BY_NAME
 
@@ -111,20 +111,16 @@ def auxiliary_head(model: nn.Module) -> nn.Module | None:
     return head if isinstance(head, nn.Module) else None
 
 
-def has_auxiliary_level(model: nn.Module) -> bool:
-    """Whether the model has a second output level (DeepLab-v2 with `multi_level`, or an auxiliary head)."""
-    inner = unwrap(model)
-    if model_type_of(inner) == DEEPLABV2:
-        return bool(inner.config.multi_level)
-    return auxiliary_head(inner) is not None
-
-
-def saved_has_auxiliary_level(config: Mapping[str, Any]) -> bool:
-    """`has_auxiliary_level` of a saved model, from its config dict (what a card knows of it)."""
-    model_type = config.get("model_type")
-    if model_type == DEEPLABV2:
+def has_auxiliary_level(model_or_config: nn.Module | Mapping[str, Any]) -> bool:
+    """Whether a model, or a saved model's config dict, has a second output level: DeepLab-v2 with
+    `multi_level`, or a family of `AUXILIARY_HEADS` with `use_auxiliary_head` (its head exists only then)."""
+    if isinstance(model_or_config, Mapping):
+        config = model_or_config
+    else:
+        config = unwrap(model_or_config).config.to_dict()
+    if config.get("model_type") == DEEPLABV2:
         return bool(config.get("multi_level", True))
-    return model_type in AUXILIARY_HEADS and bool(config.get("use_auxiliary_head"))
+    return config.get("model_type") in AUXILIARY_HEADS and bool(config.get("use_auxiliary_head"))
 
 
 def expose_auxiliary_logits(model: nn.Module) -> None:
@@ -230,20 +226,16 @@ def model_class_names(config: PreTrainedConfig | Mapping[str, Any]) -> list[str]
 def class_permutation(model_names: Sequence[str], run_names: Sequence[str], where: str) -> list[int] | None:
     """For each of the run's classes, the model's index of the class of that name; None when the order is
     already the run's. Refuses, naming them, classes that do not match."""
-    index = {}
-    for i, name in enumerate(model_names):
-        index.setdefault(same_class_name(name), i)
-    missing = [n for n in run_names if same_class_name(n) not in index]
-    wanted = {same_class_name(n) for n in run_names}
-    extra = [n for n in model_names if same_class_name(n) not in wanted]
+    order, extra = class_name_table(run_names, model_names)
+    _, missing = class_name_table(model_names, run_names)
     if missing or extra or len(model_names) != len(run_names):
         raise UsageError(
             f"{where}: the model's {len(model_names)} classes do not match the run's {len(run_names)} by name "
             f"(the model lacks {missing}, the run lacks {extra}): pass --label_space with the model's classes, "
             "or a model trained on the run's"
         )
-    order = [index[same_class_name(n)] for n in run_names]
-    return None if order == list(range(len(order))) else order
+    permutation = [order[i] for i in range(len(run_names))]
+    return None if permutation == list(range(len(permutation))) else permutation
 
 
 def _class_layers(model: nn.Module, num_labels: int) -> list[nn.Module]:

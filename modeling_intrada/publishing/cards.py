@@ -47,8 +47,8 @@ from modeling_intrada.method.adaptation import CLASSIFIER_FRAMEWORKS
 from modeling_intrada.method.ranking import DATA_FILES as RANKING_DATA_FILES
 from modeling_intrada.method.segmenters import (
     DEEPLABV2,
+    has_auxiliary_level,
     normalization_of,
-    saved_has_auxiliary_level,
     supported_model_types,
 )
 from modeling_intrada.run_layout import CARD_FILE, DISCRIMINATORS_DIR, LEVELS, TRAINING_STAGES, RunLayout
@@ -786,7 +786,7 @@ def segmenter_card(
         training_section=training_section(
             run.config,
             stage,
-            bool(run.config.get("multi_level", True)) and saved_has_auxiliary_level(model_config),
+            bool(run.config.get("multi_level", True)) and has_auxiliary_level(model_config),
         ),
         ranking_section=ranking
         if stage == "intra"

@@ -567,40 +567,44 @@ def validate_segmentation(args: Arguments) -> None:
         raise ValueError(
             f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {seg.normalization!r}"
         )
-    if not (seg.generator or seg.generator_config):
+    if seg.generator or seg.generator_config:
+        check_generator_options(seg)
+    else:
         missing = [
             f"--{name}" for name in ("backbone", "atrous_implementation") if getattr(seg, name) is None
         ]
         if missing:
             raise ValueError(f"{', '.join(missing)}: a new DeepLab-v2 needs them, or pass --generator_config")
-        DeepLabV2Config(
-            atrous_implementation=seg.atrous_implementation
-        )  # raises on an unknown implementation
-    if seg.generator and seg.generator_config:
-        raise ValueError("pass --generator (a trained model) or --generator_config (a new one), not both")
-    if seg.generator:
-        check_model_reference(seg.generator, "--generator")
-    if seg.generator_config:
-        check_config_reference(seg.generator_config)
-    if seg.generator or seg.generator_config:
-        # DeepLab-v2's own options: refused when the user set them, cleared (config.yaml records no backbone)
-        # when they are the defaults, the embedded default config's included.
-        embedded = read_config(DEFAULT_CONFIG)
-        given = []
-        for name in DEEPLAB_OPTIONS:
-            default = SegmentationArguments.__dataclass_fields__[name].default
-            if getattr(seg, name) not in (default, embedded.get(name, default)):
-                given.append(f"--{name}")
-            setattr(seg, name, None)
-        if given:
-            option = "--generator" if seg.generator else "--generator_config"
-            raise ValueError(
-                f"{', '.join(given)} build a new DeepLab-v2, and {option} gives G: remove {', '.join(given)}"
-            )
+        # raises on an unknown implementation
+        DeepLabV2Config(atrous_implementation=seg.atrous_implementation)
 
 
 # The options that build a new DeepLab-v2, meaningless when --generator or --generator_config gives G.
 DEEPLAB_OPTIONS = ("backbone", "backbone_weights", "atrous_implementation")
+
+
+def check_generator_options(seg: SegmentationArguments) -> None:
+    """`--generator` or `--generator_config`, one of them, each naming something; DeepLab-v2's own options
+    refused when the user set them and cleared when they are the defaults (the embedded config's included),
+    so that config.yaml records no backbone G does not have."""
+    if seg.generator and seg.generator_config:
+        raise ValueError("pass --generator (a trained model) or --generator_config (a new one), not both")
+    if seg.generator:
+        check_model_reference(seg.generator, "--generator")
+    else:
+        check_config_reference(seg.generator_config)
+    embedded = read_config(DEFAULT_CONFIG)
+    given = []
+    for name in DEEPLAB_OPTIONS:
+        default = SegmentationArguments.__dataclass_fields__[name].default
+        if getattr(seg, name) not in (default, embedded.get(name, default)):
+            given.append(f"--{name}")
+        setattr(seg, name, None)
+    if given:
+        option = "--generator" if seg.generator else "--generator_config"
+        raise ValueError(
+            f"{', '.join(given)} build a new DeepLab-v2, and {option} gives G: remove {', '.join(given)}"
+        )
 
 
 def check_config_reference(reference: str) -> str:

@@ -271,11 +271,8 @@ class SegmentationRun(Run):
         training (`segmenters.prepare_generator`)."""
         option = "--inter_model" if stage == "inter" and self.args.run.inter_model else f"the {stage} model"
         path = self.model_path(stage)
-        config = self.check_saved_model(path, option)
-        if model_type_of(config) == DEEPLABV2:
-            model = load_pretrained(DeepLabV2ForSemanticSegmentation.from_pretrained, path, option)
-        else:
-            model = load_pretrained(AutoModelForSemanticSegmentation.from_pretrained, path, option)
+        self.check_saved_model(path, option)
+        model = load_pretrained(AutoModelForSemanticSegmentation.from_pretrained, path, option)
         return self.ready(model, f"{option} {path}")
 
     def ready(self, model: PreTrainedModel, where: str) -> PreTrainedModel:
@@ -354,23 +351,21 @@ class SegmentationRun(Run):
 
     def training_inputs(
         self, stage: str, settings: StageSettings
-    ) -> tuple[DeepLabV2ForSemanticSegmentation, torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    ) -> tuple[PreTrainedModel, torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """Stage 1: labelled source vs unlabelled target (target labels never reach training). Stage 3: easy
         (pseudo labels) vs hard, G_intra from the ImageNet backbone or from G_inter."""
         seed = self.args.settings.seed
         if stage == "inter":
             generator = self.new_generator(seed)
-            self.levels, self.align_corners = self.generator_levels(generator)
-            return generator, self.training_split("source", True), self.training_split("target", False)
-        ranking = load_ranking(self.args.run.ranking or self.layout.ranking_dir)
-        target = self.training_split("target", with_labels=False)
-        easy, hard = EasySplit(target, ranking), HardSplit(target, ranking)
-        if self.args.run.intra_init == "inter":
-            generator = self.load_model("inter")
+            labelled, unlabelled = self.training_split("source", True), self.training_split("target", False)
         else:
-            generator = self.new_generator(seed + 2)
+            ranking = load_ranking(self.args.run.ranking or self.layout.ranking_dir)
+            target = self.training_split("target", with_labels=False)
+            labelled, unlabelled = EasySplit(target, ranking), HardSplit(target, ranking)
+            intra_from_inter = self.args.run.intra_init == "inter"
+            generator = self.load_model("inter") if intra_from_inter else self.new_generator(seed + 2)
         self.levels, self.align_corners = self.generator_levels(generator)
-        return generator, easy, hard
+        return generator, labelled, unlabelled
 
     def generator_levels(self, generator: PreTrainedModel) -> tuple[list[str], bool]:
         """G's output levels (main, and aux first when `--multi_level` and G has a second level) and how its
